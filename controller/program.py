@@ -1,0 +1,482 @@
+"""The central control program: steps 2-5 of the scan cycle over one frozen process image.
+
+``ControlProgram.step(image)`` runs interlocks -> limits -> intent -> protection/allocation and returns
+the setpoints to write plus everything worth publishing. It keeps only the memory a PLC program keeps
+between cycles (latches, last setpoints, open sessions, pause times) and does no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from controller.allocation import KEYS_PER_NODE, POWER, Demand, allocate
+from controller.config import IEC_61851_MIN_CURRENT_A
+from controller.image import ProcessImage, Quality, SessionState
+from controller.intent import (
+    Intent,
+    Session,
+    connector_intent,
+    open_session,
+    pv_surplus_w,
+    update_draw_cap,
+)
+from controller.interlocks import (
+    EMERGENCY_STOP,
+    FIRE,
+    InterlockEvent,
+    Latch,
+    SiteMode,
+    evaluate_interlocks,
+)
+from controller.limits import NodeLimit, dso_limit_pct, effective_limits
+from controller.protection import Uncontrolled, capacity, estimate_uncontrolled, per_phase
+from controller.site import Site
+
+PAUSED_EPS_A = 1e-6
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorSetpoint:
+    connector: str
+    current_a: float
+    """Per-phase current limit; 0 pauses (for DC: the per-phase AC equivalent of power_w)."""
+    power_w: float | None
+    """DC connectors only: the power limit to write."""
+
+    @property
+    def paused(self) -> bool:
+        return self.current_a <= PAUSED_EPS_A
+
+
+@dataclass(frozen=True, slots=True)
+class BatteryCommand:
+    battery: str
+    power_w: float
+    """Positive charges."""
+    standby: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CycleOutput:
+    t: float
+    mode: SiteMode
+    setpoints: tuple[ConnectorSetpoint, ...]
+    batteries: tuple[BatteryCommand, ...]
+    limits: tuple[NodeLimit, ...]
+    uncontrolled: Uncontrolled | None
+    dso_pct: float
+    latches: Mapping[str, Latch]
+    events: tuple[InterlockEvent, ...]
+
+
+@dataclass(slots=True)
+class ConnectorMemory:
+    setpoint_a: float = 0.0
+    inflight_a: float = 0.0
+    """The higher setpoint a decrease came from, still possibly drawn until ``inflight_until_ts``."""
+    inflight_until_ts: float = -math.inf
+    paused_at_ts: float = -math.inf
+    session: Session | None = None
+
+
+@dataclass(slots=True)
+class BatteryMemory:
+    setpoint_w: float = 0.0
+
+
+@dataclass(slots=True)
+class ProgramState:
+    latches: dict[str, Latch] = field(default_factory=dict)
+    connectors: list[ConnectorMemory] = field(default_factory=list)
+    batteries: list[BatteryMemory] = field(default_factory=list)
+    last_t: float | None = None
+
+
+class ControlProgram:
+    """Steps 2-5 of the scan cycle for one site."""
+
+    def __init__(self, site: Site, state: ProgramState | None = None) -> None:
+        self.site = site
+        self.state = state or ProgramState()
+        if len(self.state.connectors) != len(site.connectors):
+            self.state.connectors = [ConnectorMemory() for _ in site.connectors]
+        if len(self.state.batteries) != len(site.batteries):
+            self.state.batteries = [BatteryMemory() for _ in site.batteries]
+        cfg = site.config
+        self._contact_inputs = {
+            FIRE: cfg.fire_panel.id if cfg.fire_panel is not None else None,
+            EMERGENCY_STOP: cfg.emergency_stop.id if cfg.emergency_stop is not None else None,
+        }
+
+    def step(self, image: ProcessImage) -> CycleOutput:
+        site = self.site
+        state = self.state
+        now = image.t
+        dt = site.period_s if state.last_t is None else max(0.0, now - state.last_t)
+        state.last_t = now
+
+        interlocks = evaluate_interlocks(
+            now=now,
+            contacts=image.contacts,
+            inputs=self._contact_inputs,
+            latches=state.latches,
+            resets=image.resets,
+        )
+        state.latches = dict(interlocks.latches)
+        limits = effective_limits(site, now, image.dso)
+        dso_pct = dso_limit_pct(site, image.dso)
+        self._track_sessions(image)
+
+        if interlocks.mode is not SiteMode.NORMAL:
+            return self._safe_state(image, interlocks.mode, limits, dso_pct, interlocks.events)
+
+        uncontrolled, rem, fixed_connectors = self._capacity(image, limits)
+        rem_before = list(rem)
+        intents = self._intents(image, fixed_connectors)
+        demands = self._demands(intents, now)
+        allocated = allocate(site, rem, demands)
+        setpoints_a = self._shape(allocated, intents, rem_before, now, dt, fixed_connectors)
+        batteries = self._batteries(image, intents, allocated, rem)
+        return self._emit(image, SiteMode.NORMAL, setpoints_a, batteries, limits, uncontrolled, dso_pct,
+                          interlocks.events)
+
+    # -- sessions -------------------------------------------------------------------------------
+
+    def _track_sessions(self, image: ProcessImage) -> None:
+        site = self.site
+        cfg = site.config.control
+        for connector, reading, memory in zip(site.connectors, image.connectors, self.state.connectors, strict=True):
+            if reading is None or reading.quality != Quality.GOOD:
+                continue
+            if reading.state in SessionState.CONNECTED:
+                if memory.session is None or (
+                    reading.id_token is not None and memory.session.id_token not in (None, reading.id_token)
+                ):
+                    memory.session = open_session(site, connector, reading, image.t)
+                elif memory.session.id_token is None and reading.id_token is not None:
+                    memory.session = open_session(site, connector, reading, memory.session.started_ts)
+                update_draw_cap(memory.session, connector, reading, memory.setpoint_a, image.t,
+                                cfg.draw_headroom_a, cfg.probe_interval_s)
+            else:
+                memory.session = None
+
+    # -- capacity ---------------------------------------------------------------------------------
+
+    def _capacity(
+        self, image: ProcessImage, limits: tuple[NodeLimit, ...]
+    ) -> tuple[Uncontrolled, list[float], set[int]]:
+        site = self.site
+        count = len(site.nodes)
+        voltage_v = site.voltage_v
+        measured_a = [[0.0, 0.0, 0.0] for _ in range(count)]
+        measured_w = [0.0] * count
+        fixed_a = [[0.0, 0.0, 0.0] for _ in range(count)]
+        fixed_w = [0.0] * count
+        fixed_connectors: set[int] = set()
+        now = image.t
+        for connector, reading, memory in zip(site.connectors, image.connectors, self.state.connectors, strict=True):
+            if reading is not None and reading.quality == Quality.GOOD:
+                grid = per_phase(connector.rotation, reading.current_a)
+                power_w = sum(grid) * voltage_v
+                for n in connector.path:
+                    own = measured_a[n]
+                    own[0] += grid[0]
+                    own[1] += grid[1]
+                    own[2] += grid[2]
+                    measured_w[n] += power_w
+                if memory.inflight_until_ts <= now:
+                    continue
+                # A decrease still in flight keeps its old draw reserved; see _shape.
+                assumed_a = memory.inflight_a - memory.setpoint_a
+                if assumed_a <= 0.0:
+                    continue
+            else:
+                fixed_connectors.add(connector.index)
+                assumed_a = max(memory.setpoint_a, connector.fallback_current_a)
+            for n in connector.path:
+                for phase in connector.rotation:
+                    fixed_a[n][phase] += assumed_a
+                fixed_w[n] += assumed_a * voltage_v * len(connector.rotation)
+        for battery, b_reading, b_memory in zip(site.batteries, image.batteries, self.state.batteries, strict=True):
+            if b_reading is not None and b_reading.quality == Quality.GOOD:
+                for n in battery.path:
+                    for p in range(3):
+                        measured_a[n][p] += b_reading.power_w / (3 * voltage_v)
+                    measured_w[n] += b_reading.power_w
+                # Credit a discharge only as far as it is measured; count a charge at its worst.
+                worst_w = max(b_reading.power_w, b_memory.setpoint_w)
+            else:
+                worst_w = max(0.0, b_memory.setpoint_w)
+            for n in battery.path:
+                for p in range(3):
+                    fixed_a[n][p] += worst_w / (3 * voltage_v)
+                fixed_w[n] += worst_w
+        meters: dict[str, tuple[tuple[float, float, float], float] | None] = {}
+        for meter_id, meter in image.meters.items():
+            meters[meter_id] = (meter.current_a, meter.power_w) if meter.quality == Quality.GOOD else None
+        uncontrolled = estimate_uncontrolled(site, meters, measured_a, measured_w, limits)
+        return uncontrolled, capacity(site, limits, uncontrolled, fixed_a, fixed_w), fixed_connectors
+
+    # -- intent -----------------------------------------------------------------------------------
+
+    def _intents(self, image: ProcessImage, fixed: set[int]) -> dict[int, Intent]:
+        site = self.site
+        intents: dict[int, Intent] = {}
+        flexible: list[int] = []
+        flexible_draw_w = 0.0
+        for connector, reading, memory in zip(site.connectors, image.connectors, self.state.connectors, strict=True):
+            if connector.index in fixed or reading is None or memory.session is None:
+                continue
+            intent = connector_intent(site, connector, reading, memory.session, image)
+            intents[connector.index] = intent
+            if intent.flexible and intent.rank > 0:
+                flexible.append(connector.index)
+                flexible_draw_w += max(reading.current_a) * site.voltage_v * len(intent.phases)
+        if flexible:
+            self._share_surplus(image, intents, flexible, flexible_draw_w)
+        return intents
+
+    def _share_surplus(
+        self, image: ProcessImage, intents: dict[int, Intent], flexible: list[int], flexible_draw_w: float
+    ) -> None:
+        """Flexible sessions that are not urgent charge from PV surplus only, in equal shares."""
+        site = self.site
+        battery_charge_w = sum(
+            max(0.0, r.power_w) for r in image.batteries if r is not None and r.quality == Quality.GOOD
+        )
+        share_w = pv_surplus_w(site, image, flexible_draw_w, battery_charge_w) / len(flexible)
+        for index in flexible:
+            intent = intents[index]
+            share_a = share_w / (site.voltage_v * len(intent.phases))
+            demand_a = min(intent.demand_a, share_a)
+            if demand_a < site.connectors[index].min_current_a:
+                demand_a = 0.0
+            intents[index] = Intent(demand_a, intent.phases, intent.rank, intent.laxity_s, intent.base_priority, True)
+
+    def _demands(self, intents: dict[int, Intent], now: float) -> list[Demand]:
+        site = self.site
+        control = site.config.control
+        demands: list[Demand] = []
+        for index, intent in intents.items():
+            memory = self.state.connectors[index]
+            connector = site.connectors[index]
+            running = memory.setpoint_a > PAUSED_EPS_A
+            demand_a = intent.demand_a
+            if not running and now - memory.paused_at_ts < control.resume_delay_s:
+                demand_a = 0.0
+            if demand_a <= 0.0:
+                continue
+            demands.append(
+                Demand(
+                    index=index,
+                    lo_a=connector.min_current_a,
+                    hi_a=demand_a,
+                    phases=intent.phases,
+                    rank=intent.rank,
+                    laxity_s=intent.laxity_s,
+                    running=running,
+                    start_margin_a=control.resume_margin_a,
+                )
+            )
+        return demands
+
+    # -- shaping in time --------------------------------------------------------------------------
+
+    def _shape(
+        self,
+        allocated: dict[int, float],
+        intents: dict[int, Intent],
+        rem_before: list[float],
+        now: float,
+        dt: float,
+        fixed: set[int],
+    ) -> list[float]:
+        """Ramp up gradually, down at once, and hold back increases that would overlap a decrease."""
+        site = self.site
+        ramp_a = site.config.control.ramp_up_a_per_s * max(dt, site.period_s)
+        setpoints = [0.0] * len(site.connectors)
+        increases: list[int] = []
+        for connector, memory in zip(site.connectors, self.state.connectors, strict=True):
+            index = connector.index
+            previous = memory.setpoint_a
+            if index in fixed:
+                # Silent device: hold what it was last told; it is counted at its worst case anyway.
+                setpoints[index] = previous
+                continue
+            target = allocated.get(index, 0.0)
+            if target > previous + PAUSED_EPS_A:
+                target = min(target, max(connector.min_current_a, previous + ramp_a))
+                increases.append(index)
+            setpoints[index] = target
+        if increases:
+            self._break_before_make(setpoints, increases, intents, rem_before, fixed)
+        for connector, memory in zip(site.connectors, self.state.connectors, strict=True):
+            index = connector.index
+            new = setpoints[index]
+            previous = memory.setpoint_a
+            if new < previous - PAUSED_EPS_A and index not in fixed:
+                memory.inflight_a = max(previous, memory.inflight_a if memory.inflight_until_ts > now else 0.0)
+                memory.inflight_until_ts = now + connector.response_delay_s + site.period_s
+                if new <= PAUSED_EPS_A and index in intents and intents[index].demand_a > 0.0:
+                    memory.paused_at_ts = now
+            memory.setpoint_a = new
+        return setpoints
+
+    def _break_before_make(
+        self, setpoints: list[float], increases: list[int], intents: dict[int, Intent], rem_before: list[float],
+        fixed: set[int],
+    ) -> None:
+        """Defer increases on node-phases whose in-flight decreases have not yet freed the capacity.
+
+        ``rem_before`` already reserves the in-flight part of decreases from earlier cycles; this cycle's
+        decreases still draw their previous setpoint for the charger's response delay.
+        """
+        site = self.site
+        voltage_v = site.voltage_v
+        extra = [0.0] * len(rem_before)
+        for connector, memory in zip(site.connectors, self.state.connectors, strict=True):
+            index = connector.index
+            if index in fixed:
+                continue  # already counted at its worst case in rem_before
+            new = setpoints[index]
+            intent = intents.get(index)
+            phases = intent.phases if intent is not None else connector.rotation
+            # A decrease this cycle keeps drawing the old value until the charger follows.
+            hold = max(0.0, memory.setpoint_a - new)
+            used = new + hold
+            if used <= 0.0:
+                continue
+            for n in connector.path:
+                base = n * KEYS_PER_NODE
+                for p in phases:
+                    extra[base + p] += used
+                extra[base + POWER] += used * voltage_v * len(phases)
+        violated = {k for k in range(len(extra)) if extra[k] > rem_before[k] + 1e-6 and rem_before[k] != math.inf}
+        if not violated:
+            return
+        # Least important first: lowest priority class, then the calmest session.
+        increases.sort(key=lambda i: (intents[i].rank, -intents[i].laxity_s))
+        for index in increases:
+            if not violated:
+                break
+            connector = site.connectors[index]
+            memory = self.state.connectors[index]
+            intent = intents.get(index)
+            phases = intent.phases if intent is not None else connector.rotation
+            keys = [n * KEYS_PER_NODE + p for n in connector.path for p in phases]
+            keys += [n * KEYS_PER_NODE + POWER for n in connector.path]
+            if not any(k in violated for k in keys):
+                continue
+            held = memory.setpoint_a if memory.setpoint_a >= connector.min_current_a else 0.0
+            give_back = setpoints[index] - held
+            setpoints[index] = held
+            for n in connector.path:
+                base = n * KEYS_PER_NODE
+                for p in phases:
+                    extra[base + p] -= give_back
+                extra[base + POWER] -= give_back * voltage_v * len(phases)
+            violated = {k for k in violated if extra[k] > rem_before[k] + 1e-6}
+
+    # -- battery ----------------------------------------------------------------------------------
+
+    def _batteries(
+        self, image: ProcessImage, intents: dict[int, Intent], allocated: dict[int, float], rem: list[float]
+    ) -> list[BatteryCommand]:
+        """Shave peaks with the battery when sessions are curtailed, soak up PV export, else idle."""
+        site = self.site
+        commands: list[BatteryCommand] = []
+        root_meter = site.nodes[0].meter
+        root = image.meters.get(root_meter) if root_meter is not None else None
+        net_w = root.power_w if root is not None and root.quality == Quality.GOOD else None
+        band_w = 3 * site.voltage_v * IEC_61851_MIN_CURRENT_A
+        for battery, reading, memory in zip(site.batteries, image.batteries, self.state.batteries, strict=True):
+            if reading is None or reading.quality != Quality.GOOD or net_w is None:
+                memory.setpoint_w = 0.0
+                commands.append(BatteryCommand(battery.id, 0.0, standby=False))
+                continue
+            headroom_w = math.inf
+            for n in battery.path:
+                base = n * KEYS_PER_NODE
+                node_w = rem[base + POWER]
+                phase_w = min(rem[base], rem[base + 1], rem[base + 2]) * 3 * site.voltage_v
+                headroom_w = min(headroom_w, node_w, phase_w)
+            shortfall_w = 0.0
+            under = set(site.nodes[battery.node].connectors)
+            for index, intent in intents.items():
+                if index in under and intent.rank > 0:
+                    missing_a = intent.demand_a - allocated.get(index, 0.0)
+                    if missing_a > 0.0:
+                        shortfall_w += missing_a * site.voltage_v * len(intent.phases)
+            measured_w = reading.power_w
+            if shortfall_w > 0.0 and headroom_w < band_w:
+                target_w = measured_w - shortfall_w - max(0.0, -headroom_w)
+            elif net_w < 0.0:
+                target_w = measured_w - net_w
+            elif measured_w < 0.0:
+                # Give back only what stays unused beyond a band, or a slow battery and the
+                # sessions it frees would chase each other.
+                target_w = min(0.0, measured_w + max(0.0, headroom_w - band_w))
+            else:
+                target_w = max(0.0, measured_w - net_w)
+            target_w = min(max(target_w, -battery.max_discharge_w), battery.max_charge_w)
+            if reading.soc_pct <= battery.soc_min_pct:
+                target_w = max(target_w, 0.0)
+            if reading.soc_pct >= battery.soc_max_pct:
+                target_w = min(target_w, 0.0)
+            memory.setpoint_w = target_w
+            commands.append(BatteryCommand(battery.id, target_w, standby=False))
+        return commands
+
+    # -- outputs ----------------------------------------------------------------------------------
+
+    def _safe_state(
+        self,
+        image: ProcessImage,
+        mode: SiteMode,
+        limits: tuple[NodeLimit, ...],
+        dso_pct: float,
+        events: tuple[InterlockEvent, ...],
+    ) -> CycleOutput:
+        """Interlock active: every connector paused, every battery to standby, this very cycle."""
+        now = image.t
+        for connector, memory in zip(self.site.connectors, self.state.connectors, strict=True):
+            if memory.setpoint_a > PAUSED_EPS_A:
+                memory.inflight_a = memory.setpoint_a
+                memory.inflight_until_ts = now + connector.response_delay_s + self.site.period_s
+            memory.setpoint_a = 0.0
+        for memory_b in self.state.batteries:
+            memory_b.setpoint_w = 0.0
+        setpoints = [0.0] * len(self.site.connectors)
+        batteries = [BatteryCommand(b.id, 0.0, standby=True) for b in self.site.batteries]
+        return self._emit(image, mode, setpoints, batteries, limits, None, dso_pct, events)
+
+    def _emit(
+        self,
+        image: ProcessImage,
+        mode: SiteMode,
+        setpoints_a: list[float],
+        batteries: list[BatteryCommand],
+        limits: tuple[NodeLimit, ...],
+        uncontrolled: Uncontrolled | None,
+        dso_pct: float,
+        events: tuple[InterlockEvent, ...],
+    ) -> CycleOutput:
+        three_v = 3 * self.site.voltage_v
+        setpoints = tuple(
+            ConnectorSetpoint(c.id, a, a * three_v if c.dc else None)
+            for c, a in zip(self.site.connectors, setpoints_a, strict=True)
+        )
+        return CycleOutput(
+            t=image.t,
+            mode=mode,
+            setpoints=setpoints,
+            batteries=tuple(batteries),
+            limits=limits,
+            uncontrolled=uncontrolled,
+            dso_pct=dso_pct,
+            latches=dict(self.state.latches),
+            events=events,
+        )
+

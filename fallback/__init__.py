@@ -1,0 +1,1 @@
+"""Local fallback schedule used when no valid cloud plan is available."""

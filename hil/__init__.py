@@ -1,0 +1,1 @@
+"""Simulated plaza: plant model, scenarios and the data they replay."""

@@ -1,0 +1,1 @@
+"""Cloud optimiser service: MPC charge plans with cvxpy + OSQP, published over MQTT."""

@@ -1,0 +1,170 @@
+"""The ``plaza-ems`` command: check a site file, simulate a scenario, benchmark, run, reset a latch.
+
+User errors (a broken file, an unknown id, missing data) print a clear message and exit non-zero
+without a traceback: exit 1 for an invalid site or scenario, 2 for bad usage, 3 for missing data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from controller.config import ConfigError, load_config
+from controller.site import compile_site
+
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+EXIT_DATA = 3
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    loaded = load_config(args.file)
+    site = compile_site(loaded.config)
+    for warning in loaded.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    summary = {
+        "site": site.id,
+        "valid": True,
+        "levels": site.max_level,
+        "nodes": len(site.nodes),
+        "connectors": len(site.connectors),
+        "ac_connectors": sum(1 for c in site.connectors if not c.dc),
+        "dc_connectors": sum(1 for c in site.connectors if c.dc),
+        "meters": len(site.config.meters),
+        "batteries": len(site.batteries),
+        "warnings": [str(w) for w in loaded.warnings],
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(
+            f"{args.file}: OK — site '{site.id}', {summary['levels']} levels, {summary['nodes']} nodes, "
+            f"{summary['connectors']} connectors ({summary['ac_connectors']} AC, {summary['dc_connectors']} DC), "
+            f"{summary['meters']} meters, {len(loaded.warnings)} warning(s)"
+        )
+    return 0
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from hil.scenario import load_scenario
+    from plaza_ems.simulate import simulate
+
+    scenario = load_scenario(args.scenario)
+    result = simulate(scenario, control=args.control)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"{result['scenario']}: {result['simulated_s'] / 3600:.2f} h in {result['wall_s']:.1f} s wall, "
+            f"{result['cycles']} cycles; max overload {result['max_overload_a']:.2f} A "
+            f"(over limits {result['overload_s']:.0f} s in all); delivered {result['energy_delivered_kwh']:.1f} of "
+            f"{result['energy_deliverable_kwh']:.1f} kWh deliverable ({result['sessions_met_target']}/"
+            f"{result['sessions_total']} sessions met); peak import {result['peak_import_kw']:.1f} kW; "
+            f"cost EUR {result['cost_eur']:.2f}; logic p99 {result['cycle']['logic_p99_ms']:.3f} ms"
+        )
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from plaza_ems.bench import bench_scan
+
+    if args.connectors < 1 or not 1 <= args.levels <= 5 or args.cycles < 1:
+        print("error: need --connectors >= 1, --levels 1..5, --cycles >= 1", file=sys.stderr)
+        return EXIT_USAGE
+    result = bench_scan(args.connectors, args.levels, args.cycles)
+    print(json.dumps(result) if args.json else " ".join(f"{k}={v}" for k, v in result.items()))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from plaza_ems.realtime import run_realtime
+
+    return run_realtime(
+        scenario_path=args.scenario,
+        duration_s=args.duration,
+        state_dir=Path(args.state_dir),
+        stats_json=Path(args.stats_json) if args.stats_json else None,
+        status_every_s=args.status_every,
+    )
+
+
+def _reset_latch(args: argparse.Namespace) -> int:
+    from plaza_ems.inbox import post_reset
+
+    path = post_reset(Path(args.state_dir), args.latch, args.operator)
+    print(f"reset of '{args.latch}' requested by {args.operator}; the controller reads it from {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="plaza-ems", description="EV charging plaza energy-management controller")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    check = sub.add_parser("check-config", help="validate a site file")
+    check.add_argument("file")
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(func=_check_config)
+
+    sim = sub.add_parser("sim", help="replay a scenario in simulated time")
+    sim.add_argument("scenario")
+    sim.add_argument("--json", action="store_true", help="print one JSON object")
+    sim.add_argument(
+        "--control", choices=("ems", "none"), default="ems", help="'none' runs every charger flat out (baseline)"
+    )
+    sim.set_defaults(func=_sim)
+
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    scan = bench_sub.add_parser("scan", help="time steps 2-5 of the scan cycle")
+    scan.add_argument("--connectors", type=int, default=500)
+    scan.add_argument("--levels", type=int, default=5)
+    scan.add_argument("--cycles", type=int, default=2000)
+    scan.add_argument("--json", action="store_true")
+    scan.set_defaults(func=_bench)
+
+    run = sub.add_parser("run", help="run the controller in real time against a simulated plaza")
+    run.add_argument("--scenario", required=True)
+    run.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    run.add_argument("--state-dir", default="var/plaza-ems", help="where operator commands are read from")
+    run.add_argument("--stats-json", default=None, help="write cycle statistics to this file every 10 s and at exit")
+    run.add_argument("--status-every", type=float, default=10.0, help="seconds between status lines")
+    run.set_defaults(func=_run)
+
+    reset = sub.add_parser("reset-latch", help="release a latched interlock (logged, needs an operator name)")
+    reset.add_argument("latch", choices=("fire", "emergency_stop"))
+    reset.add_argument("--operator", required=True)
+    reset.add_argument("--state-dir", default="var/plaza-ems")
+    reset.set_defaults(func=_reset_latch)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from hil.data import DataError
+    from hil.scenario import ScenarioError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        code: int = args.func(args)
+    except (ConfigError, ScenarioError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_DATA
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
