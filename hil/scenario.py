@@ -19,7 +19,15 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from controller.config import ConfigError, ConfigIssue, LoadedConfig, SiteConfig, validate_config, walk_tree
+from controller.config import (
+    ConfigError,
+    ConfigIssue,
+    LoadedConfig,
+    SiteConfig,
+    parse_config,
+    validate_config,
+    walk_tree,
+)
 from hil import data
 from hil.plant import ChargerBehaviour, EvSpec
 
@@ -217,12 +225,9 @@ def _load_site(config: ScenarioConfig, path: Path) -> SiteConfig:
         try:
             text = site_path.read_text(encoding="utf-8")
         except OSError as err:
-            raise ConfigError([ConfigIssue("site", f"cannot read site file {site_path}: {err.strerror}")], str(path))
-        try:
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise ConfigError([ConfigIssue("", f"not valid YAML: {err}")], str(site_path)) from err
-        loaded = validate_config(raw, str(site_path))
+            issue = ConfigIssue("site", f"cannot read site file {site_path}: {err.strerror}")
+            raise ConfigError([issue], str(path)) from err
+        loaded = parse_config(text, str(site_path))
     return loaded.config
 
 

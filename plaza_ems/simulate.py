@@ -110,7 +110,8 @@ class Simulation:
         self.windows: dict[str, list[tuple[float, float]]] = {n.id: [] for n in self.site.nodes}
         self.max_delay: dict[str, float] = {}
         for node in self.site.nodes:
-            delays = [self.plant.chargers[self.site.connectors[i].id].behaviour.response_delay_s for i in node.connectors]
+            chargers = [self.plant.chargers[self.site.connectors[i].id] for i in node.connectors]
+            delays = [charger.behaviour.response_delay_s for charger in chargers]
             self.max_delay[node.id] = max(delays, default=0.0)
 
     # -- events -------------------------------------------------------------------------------
@@ -236,7 +237,7 @@ class Simulation:
         site = self.site
         plant = self.plant
         period = site.period_s
-        cycles = int(math.ceil(scenario.config.duration_s / period))
+        cycles = math.ceil(scenario.config.duration_s / period)
         connector_ids = tuple(c.id for c in site.connectors)
         battery_ids = tuple(b.id for b in site.batteries)
         node_ids = [n.id for n in site.nodes]
