@@ -175,7 +175,6 @@ class ControlProgram:
         fixed_a = [[0.0, 0.0, 0.0] for _ in range(count)]
         fixed_w = [0.0] * count
         fixed_connectors: set[int] = set()
-        now = image.t
         for connector, reading, memory in zip(site.connectors, image.connectors, self.state.connectors, strict=True):
             if reading is not None and reading.quality == Quality.GOOD:
                 grid = per_phase(connector.rotation, reading.current_a)
@@ -186,15 +185,9 @@ class ControlProgram:
                     own[1] += grid[1]
                     own[2] += grid[2]
                     measured_w[n] += power_w
-                if memory.inflight_until_ts <= now:
-                    continue
-                # A decrease still in flight keeps its old draw reserved; see _shape.
-                assumed_a = memory.inflight_a - memory.setpoint_a
-                if assumed_a <= 0.0:
-                    continue
-            else:
-                fixed_connectors.add(connector.index)
-                assumed_a = max(memory.setpoint_a, connector.fallback_current_a)
+                continue
+            fixed_connectors.add(connector.index)
+            assumed_a = max(memory.setpoint_a, connector.fallback_current_a)
             for n in connector.path:
                 for phase in connector.rotation:
                     fixed_a[n][phase] += assumed_a
@@ -311,7 +304,7 @@ class ControlProgram:
                 increases.append(index)
             setpoints[index] = target
         if increases:
-            self._break_before_make(setpoints, increases, intents, rem_before, fixed)
+            self._break_before_make(setpoints, increases, intents, rem_before, fixed, now)
         for connector, memory in zip(site.connectors, self.state.connectors, strict=True):
             index = connector.index
             new = setpoints[index]
@@ -325,35 +318,40 @@ class ControlProgram:
         return setpoints
 
     def _break_before_make(
-        self, setpoints: list[float], increases: list[int], intents: dict[int, Intent], rem_before: list[float],
+        self,
+        setpoints: list[float],
+        increases: list[int],
+        intents: dict[int, Intent],
+        rem_before: list[float],
         fixed: set[int],
+        now: float,
     ) -> None:
-        """Defer increases on node-phases whose in-flight decreases have not yet freed the capacity.
+        """Defer increases on node-phases where decreases still in flight have not freed the capacity.
 
-        ``rem_before`` already reserves the in-flight part of decreases from earlier cycles; this cycle's
-        decreases still draw their previous setpoint for the charger's response delay.
+        A charger that was told to go down keeps drawing its old setpoint for its response delay, so
+        during that window it occupies max(new setpoint, old setpoint). ``rem_before`` is the capacity
+        left for all allocatable connectors; the increases that would not fit beside those in-flight
+        draws wait, least important first, until the decreases have taken effect.
         """
         site = self.site
         voltage_v = site.voltage_v
-        extra = [0.0] * len(rem_before)
+        used = [0.0] * len(rem_before)
         for connector, memory in zip(site.connectors, self.state.connectors, strict=True):
             index = connector.index
             if index in fixed:
                 continue  # already counted at its worst case in rem_before
-            new = setpoints[index]
+            pending = max(memory.setpoint_a, memory.inflight_a if memory.inflight_until_ts > now else 0.0)
+            occupied = max(setpoints[index], pending)
+            if occupied <= 0.0:
+                continue
             intent = intents.get(index)
             phases = intent.phases if intent is not None else connector.rotation
-            # A decrease this cycle keeps drawing the old value until the charger follows.
-            hold = max(0.0, memory.setpoint_a - new)
-            used = new + hold
-            if used <= 0.0:
-                continue
             for n in connector.path:
                 base = n * KEYS_PER_NODE
                 for p in phases:
-                    extra[base + p] += used
-                extra[base + POWER] += used * voltage_v * len(phases)
-        violated = {k for k in range(len(extra)) if extra[k] > rem_before[k] + 1e-6 and rem_before[k] != math.inf}
+                    used[base + p] += occupied
+                used[base + POWER] += occupied * voltage_v * len(phases)
+        violated = {k for k in range(len(used)) if used[k] > rem_before[k] + 1e-6}
         if not violated:
             return
         # Least important first: lowest priority class, then the calmest session.
@@ -363,21 +361,30 @@ class ControlProgram:
                 break
             connector = site.connectors[index]
             memory = self.state.connectors[index]
-            intent = intents.get(index)
-            phases = intent.phases if intent is not None else connector.rotation
+            phases = intents[index].phases
             keys = [n * KEYS_PER_NODE + p for n in connector.path for p in phases]
             keys += [n * KEYS_PER_NODE + POWER for n in connector.path]
             if not any(k in violated for k in keys):
                 continue
+            pending = max(memory.setpoint_a, memory.inflight_a if memory.inflight_until_ts > now else 0.0)
             held = memory.setpoint_a if memory.setpoint_a >= connector.min_current_a else 0.0
-            give_back = setpoints[index] - held
-            setpoints[index] = held
+            # Grant the part of the increase that already fits; if that is below the minimum, wait.
+            per_amp_w = voltage_v * len(phases)
+            excess_a = max(
+                (used[k] - rem_before[k]) / (per_amp_w if k % KEYS_PER_NODE == POWER else 1.0)
+                for k in keys
+                if k in violated
+            )
+            granted = setpoints[index] - excess_a
+            new = granted if granted >= connector.min_current_a and granted > held else held
+            give_back = max(setpoints[index], pending) - max(new, pending)
+            setpoints[index] = new
             for n in connector.path:
                 base = n * KEYS_PER_NODE
                 for p in phases:
-                    extra[base + p] -= give_back
-                extra[base + POWER] -= give_back * voltage_v * len(phases)
-            violated = {k for k in violated if extra[k] > rem_before[k] + 1e-6}
+                    used[base + p] -= give_back
+                used[base + POWER] -= give_back * voltage_v * len(phases)
+            violated = {k for k in violated if used[k] > rem_before[k] + 1e-6}
 
     # -- battery ----------------------------------------------------------------------------------
 
