@@ -240,6 +240,9 @@ def load_config(path: str | Path) -> LoadedConfig:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError([ConfigIssue("", f"cannot read file: {err.strerror or err}")], source) from err
+    except UnicodeDecodeError as err:
+        issue = ConfigIssue("", f"not a UTF-8 text file: {err.reason} at byte {err.start}")
+        raise ConfigError([issue], source) from err
     return parse_config(text, source)
 
 

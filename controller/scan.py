@@ -9,6 +9,7 @@ cycles back to back — the schedule skips to the next period boundary.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from datetime import UTC, datetime
@@ -122,7 +123,11 @@ class ScanLoop:
         self._battery_ids = tuple(b.id for b in site.batteries)
 
     def run_once(self, scheduled: float) -> CycleOutput:
-        """One cycle; ``scheduled`` is the monotonic time it was due."""
+        """One cycle; ``scheduled`` is the monotonic time it was due.
+
+        An overrun is a cycle that ends after the next period boundary, whether it ran long or
+        started late: either way that boundary is missed.
+        """
         clock = self.clock
         started = clock.monotonic()
         now = clock.now().timestamp()
@@ -132,12 +137,12 @@ class ScanLoop:
         output = self.program.step(image)
         logic_s = time.perf_counter() - logic_start
         self.sink.write(output)
-        cycle_s = clock.monotonic() - started
+        finished = clock.monotonic()
         self.stats.record(
             logic_s=logic_s,
-            cycle_s=cycle_s,
+            cycle_s=finished - started,
             jitter_s=max(0.0, started - scheduled),
-            overran=cycle_s > self.site.period_s,
+            overran=finished > scheduled + self.site.period_s,
         )
         if self.publisher is not None:
             self.publisher.publish(output, self.stats)
@@ -153,7 +158,7 @@ class ScanLoop:
             next_due += period
             now = self.clock.monotonic()
             if now > next_due:
-                # Overran: skip the missed boundaries instead of running cycles back to back.
-                next_due += (int((now - next_due) // period) + 1) * period
+                # Overran: go on at the next boundary instead of running cycles back to back.
+                next_due += math.ceil((now - next_due) / period) * period
             await self.clock.sleep(next_due - self.clock.monotonic())
 

@@ -186,6 +186,9 @@ def load_scenario(path: str | Path) -> Scenario:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as err:
         raise ScenarioError([ConfigIssue("", f"cannot read file: {err.strerror or err}")], source) from err
+    except UnicodeDecodeError as err:
+        issue = ConfigIssue("", f"not a UTF-8 text file: {err.reason} at byte {err.start}")
+        raise ScenarioError([issue], source) from err
     except yaml.YAMLError as err:
         raise ScenarioError([ConfigIssue("", f"not valid YAML: {err}")], source) from err
     if not isinstance(raw, dict):
@@ -224,8 +227,9 @@ def _load_site(config: ScenarioConfig, path: Path) -> SiteConfig:
         site_path = (path.parent / config.site).resolve()
         try:
             text = site_path.read_text(encoding="utf-8")
-        except OSError as err:
-            issue = ConfigIssue("site", f"cannot read site file {site_path}: {err.strerror}")
+        except (OSError, UnicodeDecodeError) as err:
+            reason = err.strerror if isinstance(err, OSError) else f"not UTF-8 text ({err.reason})"
+            issue = ConfigIssue("site", f"cannot read site file {site_path}: {reason}")
             raise ConfigError([issue], str(path)) from err
         loaded = parse_config(text, str(site_path))
     return loaded.config
@@ -380,7 +384,14 @@ def _acn_evs(config: ScenarioConfig, acn: AcnConfig, site: SiteConfig) -> tuple[
     """
     ac = [c.id for item in walk_tree(site.tree) for c in item.node.connectors if c.type == "ac"]
     connectors = ac if acn.connectors == "all" else list(acn.connectors)
-    sessions = data.acn_sessions_on(data.load_acn_sessions(), acn.day)
+    available = data.load_acn_sessions()
+    sessions = data.acn_sessions_on(available, acn.day)
+    if not sessions:
+        first, last = available[0].arrival.date(), available[-1].arrival.date()
+        raise ScenarioError(
+            [ConfigIssue("evs.acn.day", f"no ACN sessions on {acn.day}; the data covers {first} .. {last}")],
+            config.name,
+        )
     if acn.max_sessions is not None:
         sessions = sessions[: acn.max_sessions]
     free_at = dict.fromkeys(connectors, -1.0)

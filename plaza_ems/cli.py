@@ -93,9 +93,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _reset_latch(args: argparse.Namespace) -> int:
-    from plaza_ems.inbox import post_reset
+    from plaza_ems.inbox import InboxError, post_reset
 
-    path = post_reset(Path(args.state_dir), args.latch, args.operator)
+    try:
+        path = post_reset(Path(args.state_dir), args.latch, args.operator)
+    except InboxError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     print(f"reset of '{args.latch}' requested by {args.operator}; the controller reads it from {path}")
     return 0
 

@@ -20,8 +20,21 @@ LATCH_NAMES = ("fire", "emergency_stop")
 log = logging.getLogger(__name__)
 
 
+class InboxError(Exception):
+    """A command that cannot be posted (bad operator name, unwritable state directory)."""
+
+
 def post_reset(state_dir: Path, latch: str, operator: str, now: datetime | None = None) -> Path:
-    state_dir.mkdir(parents=True, exist_ok=True)
+    """Append a latch-reset request; the running controller accepts or refuses it and logs either way."""
+    operator = operator.strip()
+    if not operator:
+        raise InboxError("an operator name is required: resets are logged with who made them")
+    if latch not in LATCH_NAMES:
+        raise InboxError(f"unknown latch '{latch}' (known: {', '.join(LATCH_NAMES)})")
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InboxError(f"cannot use state directory {state_dir}: {err.strerror or err}") from err
     path = state_dir / COMMANDS_FILE
     stamp = (now or datetime.now(UTC)).isoformat()
     with path.open("a", encoding="utf-8") as handle:
@@ -41,6 +54,9 @@ class CommandInbox:
     def poll(self, now: float) -> list[LatchReset]:
         if not self.path.exists():
             return []
+        if self.path.stat().st_size < self._offset:
+            log.warning("%s was truncated or replaced; reading it from the start", self.path)
+            self._offset = 0
         with self.path.open("rb") as handle:
             handle.seek(self._offset)
             chunk = handle.read()

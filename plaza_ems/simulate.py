@@ -283,6 +283,7 @@ class Simulation:
             plant.step(t, period)
             # Physical currents for the interval that follows this cycle's outputs.
             t_after = t_rel + period
+            over_any = False
             for node_id in node_ids:
                 currents = plant.node_current_a[node_id]
                 peak = max(currents)
@@ -294,11 +295,12 @@ class Simulation:
                 excess = peak - limit
                 if excess > 0.0:
                     overload_s[node_id] += period
+                    over_any = True
                 if excess > max_overload_a and k > 0 and not any(
                     a <= t_after <= b for a, b in self.windows[node_id]
                 ):
                     max_overload_a = excess
-            if any(max(plant.node_current_a[n]) > node_rating[n] for n in node_ids):
+            if over_any:
                 any_overload_s += period
             import_w = plant.node_power_w[root]
             peak_import_w = max(peak_import_w, import_w)
@@ -368,7 +370,7 @@ class Simulation:
                 }
                 for node in self.site.nodes
             ],
-            "max_overload_a": round(max_overload_a, 3) if math.isfinite(max_overload_a) else 0.0,
+            "max_overload_a": round(max_overload_a, 3) if math.isfinite(max_overload_a) else None,
             "overload_s": any_overload_s,
             "energy_requested_kwh": round(requested / 1000.0, 3),
             "energy_deliverable_kwh": round(deliverable / 1000.0, 3),

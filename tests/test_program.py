@@ -369,3 +369,36 @@ batteries:
     # An empty battery is never asked to discharge.
     plaza.cycle(battery={"bess": (5.0, 0.0)})
     assert plaza.last.batteries[0].power_w >= 0.0
+
+
+PV_SITE = THREE.replace("limit_a: 40\n", "limit_a: 63\n") + """
+priorities:
+  users: [{id_token: SUN, priority: 1, flexible: true}]
+batteries:
+  - {id: bess, node: grid, capacity_kwh: 100, max_charge_kw: 50, max_discharge_kw: 50}
+"""
+
+
+def test_flexible_session_waits_for_pv_surplus_and_takes_only_the_surplus() -> None:
+    plaza = Plaza.from_yaml(PV_SITE)
+    # Importing 10 A per phase: no surplus, the flexible session waits.
+    plaza.cycle(meters={"m_grid": (10.0, 10.0, 10.0)}, evs={"c1": Ev(id_token="SUN"), "c2": None, "c3": None},
+                battery={"bess": (50.0, 0.0)})
+    assert plaza.cycle()["c1"] == 0.0
+    # 9.66 kW exported (14 A per phase, signed negative): the session takes that much.
+    sp = plaza.cycle(dt=61.0, meters={"m_grid": (-14.0, -14.0, -14.0)})
+    assert sp["c1"] == pytest.approx(14.0)
+
+
+def test_battery_charges_from_exported_pv_and_stays_idle_otherwise() -> None:
+    plaza = Plaza.from_yaml(PV_SITE)
+    plaza.cycle(meters={"m_grid": (10.0, 10.0, 10.0)}, evs={"c1": None, "c2": None, "c3": None},
+                battery={"bess": (50.0, 0.0)})
+    plaza.cycle()
+    assert plaza.last is not None
+    assert plaza.last.batteries[0].power_w == 0.0
+    plaza.cycle(meters={"m_grid": (-10.0, -10.0, -10.0)})
+    assert plaza.last.batteries[0].power_w == pytest.approx(6900.0)
+    # A full battery is never asked to charge.
+    plaza.cycle(battery={"bess": (96.0, 0.0)})
+    assert plaza.last.batteries[0].power_w <= 0.0
