@@ -15,8 +15,10 @@ The rule, in two passes:
    out at level L, the sessions under it freeze there; the others keep rising. Lower classes only get
    what the higher ones leave. No round-robin, no first-come-first-served.
 
-Binding levels are kept in a heap and recomputed lazily (a level can only rise when a member freezes
-below its demand), which keeps a 500-connector, 5-level site at a few milliseconds.
+Constraints are keyed ``node * KEYS_PER_NODE + phase`` (POWER for the node's power). Their totals
+are summed bottom-up over the tree; binding levels sit in a heap seeded with cheap lower bounds and
+are computed exactly only for the constraints that reach its top, then recomputed lazily (a level can
+only rise when a member freezes below its demand). docs/benchmarks.md has the figures.
 """
 
 from __future__ import annotations
@@ -26,11 +28,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from controller.site import Site
+from controller.site import KEYS_PER_NODE, POWER, Site
 
 EPS = 1e-9
-KEYS_PER_NODE = 4
-POWER = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +52,11 @@ class Demand:
     start_margin_a: float = 0.0
 
 
-def key(node: int, phase: int) -> int:
-    return node * KEYS_PER_NODE + phase
-
-
-def _level(members: list[tuple[int, float]], active: list[bool], lo: list[float], hi: list[float], rem: float) -> float:
+def _level(
+    members: list[tuple[int, float]], active: list[bool], lo: list[float], hi: list[float], rem: float
+) -> float:
     """Highest L at which sum w * (clamp(L, lo, hi) - lo) over active members stays within rem."""
+    rem = max(rem, 0.0)
     events: list[tuple[float, float]] = []
     total = 0.0
     for i, w in members:
@@ -65,10 +64,20 @@ def _level(members: list[tuple[int, float]], active: list[bool], lo: list[float]
             events.append((lo[i], w))
             events.append((hi[i], -w))
             total += w * (hi[i] - lo[i])
-    if not events or total <= rem + EPS:
+    if total <= rem + EPS:
         return math.inf
+    if len(events) == 2:
+        return events[0][0] + rem / events[0][1]
+    if len(events) == 4 and events[0][0] == events[2][0]:
+        # Two members rising from the same minimum (two sockets on one charge point): closed form.
+        base, w1, w2 = events[0][0], events[0][1], events[2][1]
+        level = base + rem / (w1 + w2)
+        first_full = min(events[1][0], events[3][0])
+        if level <= first_full:
+            return level
+        w_full, w_rest = (w1, w2) if events[1][0] <= events[3][0] else (w2, w1)
+        return base + (rem - w_full * (first_full - base)) / w_rest
     events.sort()
-    rem = max(rem, 0.0)
     level = events[0][0]
     used = 0.0
     slope = 0.0
@@ -85,98 +94,147 @@ def _level(members: list[tuple[int, float]], active: list[bool], lo: list[float]
 def allocate(site: Site, rem: list[float], demands: Sequence[Demand]) -> dict[int, float]:
     """Current per connector index for every demand (0 = paused); ``rem`` is consumed in place.
 
-    ``rem[key(n, p)]`` is node n's remaining capacity on phase p (A), ``rem[key(n, POWER)]`` its remaining
-    power (W, math.inf when unlimited), after uncontrolled load, margins and fixed loads.
+    ``rem[n * KEYS_PER_NODE + p]`` is node n's remaining capacity on phase p (A), and
+    ``rem[n * KEYS_PER_NODE + POWER]`` its remaining power (W, math.inf when unlimited), after
+    uncontrolled load, margins and fixed loads.
     """
-    voltage_v = site.voltage_v
-    connectors = site.connectors
     result: dict[int, float] = {}
-    admitted: list[Demand] = []
+    admitted: list[tuple[Demand, tuple[tuple[int, float], ...]]] = []
     order = sorted(demands, key=lambda d: (-d.rank, not d.running, d.laxity_s, d.index))
     for d in order:
         if d.hi_a < d.lo_a - EPS or d.lo_a <= 0.0:
             result[d.index] = 0.0
             continue
-        need_a = d.lo_a + (0.0 if d.running else d.start_margin_a)
-        need_w = need_a * voltage_v * len(d.phases)
-        path = connectors[d.index].path
-        fits = all(
-            rem[n * KEYS_PER_NODE + p] >= need_a - EPS for n in path for p in d.phases
-        ) and all(rem[n * KEYS_PER_NODE + POWER] >= need_w - EPS for n in path)
+        need_a = d.lo_a + (0.0 if d.running else d.start_margin_a) - EPS
+        keys = site.constraint_keys(d.index, d.phases)
+        fits = True
+        for k, w in keys:
+            if rem[k] < need_a * w:
+                fits = False
+                break
         if not fits:
             result[d.index] = 0.0
             continue
-        lo_w = d.lo_a * voltage_v * len(d.phases)
-        for n in path:
-            base = n * KEYS_PER_NODE
-            for p in d.phases:
-                rem[base + p] -= d.lo_a
-            rem[base + POWER] -= lo_w
-        admitted.append(d)
+        lo_a = d.lo_a
+        for k, w in keys:
+            rem[k] -= lo_a * w
+        admitted.append((d, keys))
 
-    classes: dict[int, list[Demand]] = {}
-    for d in admitted:
-        classes.setdefault(d.rank, []).append(d)
+    classes: dict[int, list[tuple[Demand, tuple[tuple[int, float], ...]]]] = {}
+    for item in admitted:
+        classes.setdefault(item[0].rank, []).append(item)
     for rank in sorted(classes, reverse=True):
         _fill(site, rem, classes[rank], result)
     return result
 
 
-def _fill(site: Site, rem: list[float], members: list[Demand], result: dict[int, float]) -> None:
-    """Max-min fair water-filling of one priority class above its admitted minimums."""
-    voltage_v = site.voltage_v
-    count = len(members)
-    lo = [d.lo_a for d in members]
-    hi = [max(d.hi_a, d.lo_a) for d in members]
-    active = [hi[i] > lo[i] + EPS for i in range(count)]
-    key_members: dict[int, list[tuple[int, float]]] = {}
-    own_keys: list[list[tuple[int, float]]] = []
-    for i, d in enumerate(members):
-        mine: list[tuple[int, float]] = []
-        w_power = voltage_v * len(d.phases)
-        for n in site.connectors[d.index].path:
-            base = n * KEYS_PER_NODE
-            for p in d.phases:
-                mine.append((base + p, 1.0))
-            if rem[base + POWER] != math.inf:
-                mine.append((base + POWER, w_power))
-        own_keys.append(mine)
-        if active[i]:
-            for k, w in mine:
-                key_members.setdefault(k, []).append((i, w))
+def _fill(
+    site: Site,
+    rem: list[float],
+    members: list[tuple[Demand, tuple[tuple[int, float], ...]]],
+    result: dict[int, float],
+) -> None:
+    """Max-min fair water-filling of one priority class above its admitted minimums.
 
-    heap: list[tuple[float, int]] = []
-    for k, mem in key_members.items():
-        level = _level(mem, active, lo, hi, rem[k])
-        if level != math.inf:
-            heap.append((level, k))
+    Constraint totals are summed bottom-up over the tree; the members of a constraint are read from
+    its node's subtree only when that constraint reaches the top of the heap.
+    """
+    count = len(members)
+    connectors = site.connectors
+    nodes = site.nodes
+    voltage_v = site.voltage_v
+    lo = [d.lo_a for d, _ in members]
+    hi = [max(d.hi_a, d.lo_a) for d, _ in members]
+    active = [hi[i] > lo[i] + EPS for i in range(count)]
+    local = {d.index: i for i, (d, _) in enumerate(members)}
+    phases = [d.phases for d, _ in members]
+    size = len(nodes) * KEYS_PER_NODE
+    totals = [0.0] * size
+    """Per constraint: what its still-active members would add at full demand."""
+    weights = [0.0] * size
+    for i, (d, _) in enumerate(members):
+        if not active[i]:
+            continue
+        span = hi[i] - lo[i]
+        base = connectors[d.index].node * KEYS_PER_NODE
+        for p in d.phases:
+            totals[base + p] += span
+            weights[base + p] += 1.0
+        per_amp_w = voltage_v * len(d.phases)
+        totals[base + POWER] += per_amp_w * span
+        weights[base + POWER] += per_amp_w
+    for node in reversed(nodes):
+        if node.parent is not None:
+            child = node.index * KEYS_PER_NODE
+            parent = node.parent * KEYS_PER_NODE
+            for j in range(KEYS_PER_NODE):
+                totals[parent + j] += totals[child + j]
+                weights[parent + j] += weights[child + j]
+
+    built: dict[int, list[tuple[int, float]]] = {}
+
+    def key_members(k: int) -> list[tuple[int, float]]:
+        """Class members under constraint k (active or not: callers check), built once per cycle
+        from the children's lists."""
+        out = built.get(k)
+        if out is not None:
+            return out
+        slot = k % KEYS_PER_NODE
+        node = nodes[k // KEYS_PER_NODE]
+        out = []
+        if node.children:
+            for child in node.children:
+                out.extend(key_members(child * KEYS_PER_NODE + slot))
+        else:
+            for c in node.connectors:
+                i = local.get(c)
+                if i is None:
+                    continue
+                if slot == POWER:
+                    out.append((i, voltage_v * len(phases[i])))
+                elif slot in phases[i]:
+                    out.append((i, 1.0))
+        built[k] = out
+        return out
+
+    # Seed the heap with a cheap lower bound of each constraint's level (every member rising from the
+    # lowest minimum); the exact level is computed only when the constraint reaches the top. Levels
+    # only rise as members freeze, so a stale exact level is a lower bound as well.
+    lo_min = min(lo, default=0.0)
+    heap: list[tuple[float, int, bool]] = [
+        (lo_min + max(rem[k], 0.0) / weights[k], k, False)
+        for k in range(size)
+        if weights[k] > 0.0 and totals[k] > rem[k] + EPS
+    ]
     heapq.heapify(heap)
     dirty: set[int] = set()
     x = list(lo)
     while heap:
-        level, k = heapq.heappop(heap)
-        if k in dirty:
+        level, k, exact = heapq.heappop(heap)
+        if totals[k] <= rem[k] + EPS:
+            continue  # what its active members still want now fits: it no longer binds
+        if not exact or k in dirty:
             dirty.discard(k)
-            fresh = _level(key_members[k], active, lo, hi, rem[k])
-            if fresh != math.inf:
-                heapq.heappush(heap, (fresh, k))
+            heapq.heappush(heap, (_level(key_members(k), active, lo, hi, rem[k]), k, True))
             continue
-        for i, _ in key_members[k]:
+        for i, _ in key_members(k):
             if not active[i]:
                 continue
             value = min(max(level, lo[i]), hi[i])
             x[i] = value
             active[i] = False
             extra = value - lo[i]
-            below_demand = value < hi[i] - EPS
-            for k2, w in own_keys[i]:
+            span = hi[i] - lo[i]
+            for k2, w in members[i][1]:
                 rem[k2] -= w * extra
-                if below_demand and k2 != k:
-                    dirty.add(k2)
+                totals[k2] -= w * span
+            if value < hi[i] - EPS:
+                # Frozen below its demand: every other constraint it is in may now bind later.
+                dirty.update(site.constraint_ids(members[i][0].index, phases[i]))
     for i in range(count):
         if active[i]:
             x[i] = hi[i]
             extra = hi[i] - lo[i]
-            for k2, w in own_keys[i]:
+            for k2, w in members[i][1]:
                 rem[k2] -= w * extra
-        result[members[i].index] = x[i]
+        result[members[i][0].index] = x[i]

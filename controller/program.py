@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from controller.allocation import KEYS_PER_NODE, POWER, Demand, allocate
+from controller.allocation import Demand, allocate
 from controller.config import IEC_61851_MIN_CURRENT_A
 from controller.image import ProcessImage, Quality, SessionState
 from controller.intent import (
@@ -31,8 +31,8 @@ from controller.interlocks import (
     evaluate_interlocks,
 )
 from controller.limits import NodeLimit, dso_limit_pct, effective_limits
-from controller.protection import Uncontrolled, capacity, estimate_uncontrolled, per_phase
-from controller.site import Site
+from controller.protection import Uncontrolled, capacity, estimate_uncontrolled
+from controller.site import KEYS_PER_NODE, POWER, Site
 
 PAUSED_EPS_A = 1e-6
 
@@ -175,37 +175,42 @@ class ControlProgram:
         fixed_a = [[0.0, 0.0, 0.0] for _ in range(count)]
         fixed_w = [0.0] * count
         fixed_connectors: set[int] = set()
+        # Each device is added at its own node; one bottom-up pass then gives every subtree's sum.
         for connector, reading, memory in zip(site.connectors, image.connectors, self.state.connectors, strict=True):
+            cp = connector.node
             if reading is not None and reading.quality == Quality.GOOD:
-                grid = per_phase(connector.rotation, reading.current_a)
-                power_w = sum(grid) * voltage_v
-                for n in connector.path:
-                    own = measured_a[n]
-                    own[0] += grid[0]
-                    own[1] += grid[1]
-                    own[2] += grid[2]
-                    measured_w[n] += power_w
+                own = measured_a[cp]
+                current = reading.current_a
+                for k, phase in enumerate(connector.rotation):
+                    own[phase] += current[k]
+                    measured_w[cp] += current[k] * voltage_v
                 continue
             fixed_connectors.add(connector.index)
             assumed_a = max(memory.setpoint_a, connector.fallback_current_a)
-            for n in connector.path:
-                for phase in connector.rotation:
-                    fixed_a[n][phase] += assumed_a
-                fixed_w[n] += assumed_a * voltage_v * len(connector.rotation)
+            for phase in connector.rotation:
+                fixed_a[cp][phase] += assumed_a
+            fixed_w[cp] += assumed_a * voltage_v * len(connector.rotation)
         for battery, b_reading, b_memory in zip(site.batteries, image.batteries, self.state.batteries, strict=True):
             if b_reading is not None and b_reading.quality == Quality.GOOD:
-                for n in battery.path:
-                    for p in range(3):
-                        measured_a[n][p] += b_reading.power_w / (3 * voltage_v)
-                    measured_w[n] += b_reading.power_w
+                for p in range(3):
+                    measured_a[battery.node][p] += b_reading.power_w / (3 * voltage_v)
+                measured_w[battery.node] += b_reading.power_w
                 # Credit a discharge only as far as it is measured; count a charge at its worst.
                 worst_w = max(b_reading.power_w, b_memory.setpoint_w)
             else:
                 worst_w = max(0.0, b_memory.setpoint_w)
-            for n in battery.path:
+            for p in range(3):
+                fixed_a[battery.node][p] += worst_w / (3 * voltage_v)
+            fixed_w[battery.node] += worst_w
+        for node in reversed(site.nodes):
+            parent = node.parent
+            if parent is not None:
+                i = node.index
                 for p in range(3):
-                    fixed_a[n][p] += worst_w / (3 * voltage_v)
-                fixed_w[n] += worst_w
+                    measured_a[parent][p] += measured_a[i][p]
+                    fixed_a[parent][p] += fixed_a[i][p]
+                measured_w[parent] += measured_w[i]
+                fixed_w[parent] += fixed_w[i]
         meters: dict[str, tuple[tuple[float, float, float], float] | None] = {}
         for meter_id, meter in image.meters.items():
             meters[meter_id] = (meter.current_a, meter.power_w) if meter.quality == Quality.GOOD else None

@@ -16,9 +16,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from controller.allocation import KEYS_PER_NODE, POWER
 from controller.limits import NodeLimit
-from controller.site import Site
+from controller.site import KEYS_PER_NODE, POWER, Site
 
 Phase3 = list[float]
 

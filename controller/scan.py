@@ -9,6 +9,7 @@ cycles back to back — the schedule skips to the next period boundary.
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import time
 from collections import deque
@@ -55,6 +56,34 @@ class OutputSink(Protocol):
 
 class Publisher(Protocol):
     def publish(self, output: CycleOutput, stats: CycleStats) -> None: ...
+
+
+class CycleCollector:
+    """Garbage collection in the idle time between cycles instead of at random points inside one.
+
+    The program's per-cycle objects are acyclic and freed by reference counting; the cyclic collector
+    is only needed for the rare cycle of references. Left automatic, its generation-2 passes land in
+    the middle of a cycle and add tens of milliseconds to the worst case. So: freeze what exists at
+    start-up, disable automatic collection, collect the young generation after every cycle and
+    everything every ``full_every`` cycles, always after the outputs are written.
+    """
+
+    def __init__(self, full_every: int = 600) -> None:
+        self.full_every = full_every
+        self._cycles = 0
+        self._was_enabled = gc.isenabled()
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+
+    def after_cycle(self) -> None:
+        self._cycles += 1
+        gc.collect(2 if self._cycles % self.full_every == 0 else 0)
+
+    def close(self) -> None:
+        gc.unfreeze()
+        if self._was_enabled:
+            gc.enable()
 
 
 class CycleStats:
@@ -151,9 +180,19 @@ class ScanLoop:
     async def run(self, stop: asyncio.Event, max_cycles: int | None = None) -> None:
         period = self.site.period_s
         next_due = self.clock.monotonic()
+        collector = CycleCollector()
+        try:
+            await self._loop(stop, max_cycles, collector, period, next_due)
+        finally:
+            collector.close()
+
+    async def _loop(
+        self, stop: asyncio.Event, max_cycles: int | None, collector: CycleCollector, period: float, next_due: float
+    ) -> None:
         done = 0
         while not stop.is_set() and (max_cycles is None or done < max_cycles):
             self.run_once(next_due)
+            collector.after_cycle()
             done += 1
             next_due += period
             now = self.clock.monotonic()

@@ -7,11 +7,14 @@ so that a cycle over hundreds of connectors is a handful of list walks, not dict
 from __future__ import annotations
 
 import zoneinfo
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from controller.config import CapacityFrameConfig, SiteConfig, parse_phases, walk_tree
 
 PHASES = (0, 1, 2)
+KEYS_PER_NODE = 4
+"""Allocation constraints per node: phases L1, L2, L3 (A) and power (W), as ``node * 4 + k``."""
+POWER = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +119,34 @@ class Site:
     capacity_frames: tuple[CapacityFrame, ...]
     node_index: dict[str, int]
     connector_index: dict[str, int]
+    power_limited: frozenset[int] = frozenset()
+    """Nodes that can have a power limit (their own, or a capacity frame)."""
+    _keys: dict[tuple[int, tuple[int, ...]], tuple[tuple[int, float], ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    _ids: dict[tuple[int, tuple[int, ...]], tuple[int, ...]] = field(default_factory=dict, compare=False, repr=False)
+
+    def constraint_keys(self, connector: int, phases: tuple[int, ...]) -> tuple[tuple[int, float], ...]:
+        """(constraint key, weight) for every node-phase and node power a connector loads, cached."""
+        cached = self._keys.get((connector, phases))
+        if cached is None:
+            per_amp_w = self.voltage_v * len(phases)
+            keys: list[tuple[int, float]] = []
+            for n in self.connectors[connector].path:
+                keys.extend((n * KEYS_PER_NODE + p, 1.0) for p in phases)
+                if n in self.power_limited:
+                    keys.append((n * KEYS_PER_NODE + POWER, per_amp_w))
+            cached = self._keys[(connector, phases)] = tuple(keys)
+            self._ids[(connector, phases)] = tuple(k for k, _ in keys)
+        return cached
+
+    def constraint_ids(self, connector: int, phases: tuple[int, ...]) -> tuple[int, ...]:
+        """Just the keys of ``constraint_keys``."""
+        ids = self._ids.get((connector, phases))
+        if ids is None:
+            self.constraint_keys(connector, phases)
+            ids = self._ids[(connector, phases)]
+        return ids
 
     @property
     def max_level(self) -> int:
@@ -244,6 +275,10 @@ def compile_site(config: SiteConfig) -> Site:
         users=users,
         default_priority=config.priorities.default,
         capacity_frames=tuple(_frame(f, node_index) for f in config.capacity_frames),
+        power_limited=frozenset(
+            [i for i, item in enumerate(walked) if item.node.power_limit_kw is not None]
+            + [node_index[f.node] for f in config.capacity_frames]
+        ),
         node_index=node_index,
         connector_index={c.id: c.index for c in connectors},
     )

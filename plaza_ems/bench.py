@@ -15,7 +15,7 @@ from typing import Any
 from controller.config import validate_config
 from controller.image import ConnectorReading, ContactReading, InputSnapshot, MeterReading, freeze
 from controller.program import ControlProgram
-from controller.scan import percentile
+from controller.scan import CycleCollector, percentile
 from controller.site import Site, compile_site
 
 ROTATIONS = ("L1L2L3", "L2L3L1", "L3L1L2", "L1", "L2", "L3")
@@ -88,6 +88,7 @@ def bench_scan(connectors: int, levels: int, cycles: int, seed: int = 7) -> dict
     setpoints = dict.fromkeys(connector_ids, 0.0)
     times: list[float] = []
     t = 1.7e9
+    collector = CycleCollector()
     for _ in range(cycles):
         t += site.period_s
         for meter in site.config.meters:
@@ -105,6 +106,8 @@ def bench_scan(connectors: int, levels: int, cycles: int, seed: int = 7) -> dict
         times.append(time.perf_counter() - started)
         for sp in output.setpoints:
             setpoints[sp.connector] = sp.current_a
+        collector.after_cycle()
+    collector.close()
     return {
         "connectors": len(site.connectors),
         "levels": site.max_level,

@@ -32,7 +32,7 @@ from controller.image import (
 )
 from controller.interlocks import SiteMode
 from controller.program import ControlProgram, CycleOutput
-from controller.scan import percentile
+from controller.scan import CycleCollector, percentile
 from controller.site import Site, compile_site
 from hil.data import TimeSeries
 from hil.plant import BatterySim, ChargerSim, Ev, EvSpec, Plant
@@ -257,6 +257,7 @@ class Simulation:
         root = node_ids[0]
         wall_start = time.perf_counter()
         plant.step(scenario.start_s - period, period)
+        collector = CycleCollector()
         for k in range(cycles):
             t_rel = k * period
             t = scenario.start_s + t_rel
@@ -307,6 +308,8 @@ class Simulation:
             energy_wh = import_w * period / 3600.0
             energy_import_wh += energy_wh
             cost_eur += energy_wh / 1e6 * scenario.prices.step_at(t)
+            collector.after_cycle()
+        collector.close()
         wall_s = time.perf_counter() - wall_start
         return self._summary(
             cycles=cycles,

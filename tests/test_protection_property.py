@@ -10,12 +10,12 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from controller.allocation import KEYS_PER_NODE, POWER, Demand, allocate
+from controller.allocation import Demand, allocate
 from controller.config import validate_config
 from controller.image import ConnectorReading, ContactReading, InputSnapshot, MeterReading, freeze
 from controller.program import ControlProgram
 from controller.protection import per_phase
-from controller.site import Site, compile_site
+from controller.site import KEYS_PER_NODE, POWER, Site, compile_site
 
 ROTATIONS = ["L1L2L3", "L2L3L1", "L3L1L2", "L1L3L2", "L1", "L2", "L3"]
 V = 230.0
