@@ -23,10 +23,15 @@ only rise when a member freezes below its demand). docs/benchmarks.md has the fi
 
 from __future__ import annotations
 
+import ctypes
 import heapq
+import importlib.util
 import math
+import os
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from controller.site import KEYS_PER_NODE, POWER, Site
 
@@ -94,14 +99,25 @@ def _level(
 def allocate(site: Site, rem: list[float], demands: Sequence[Demand]) -> dict[int, float]:
     """Current per connector index for every demand (0 = paused); ``rem`` is consumed in place.
 
+    Runs the compiled core when it is built (see ``_native``), else the Python reference below; both
+    give the same result (tests/test_protection_property.py compares them).
+    """
+    order = sorted(demands, key=lambda d: (-d.rank, not d.running, d.laxity_s, d.index))
+    if _NATIVE is None:
+        return allocate_python(site, rem, order)
+    return _allocate_native(_NATIVE, site, rem, order)
+
+
+def allocate_python(site: Site, rem: list[float], demands: Sequence[Demand]) -> dict[int, float]:
+    """The reference implementation; ``demands`` in admission order (as ``allocate`` sorts them).
+
     ``rem[n * KEYS_PER_NODE + p]`` is node n's remaining capacity on phase p (A), and
     ``rem[n * KEYS_PER_NODE + POWER]`` its remaining power (W, math.inf when unlimited), after
     uncontrolled load, margins and fixed loads.
     """
     result: dict[int, float] = {}
     admitted: list[tuple[Demand, tuple[tuple[int, float], ...]]] = []
-    order = sorted(demands, key=lambda d: (-d.rank, not d.running, d.laxity_s, d.index))
-    for d in order:
+    for d in demands:
         if d.hi_a < d.lo_a - EPS or d.lo_a <= 0.0:
             result[d.index] = 0.0
             continue
@@ -238,3 +254,66 @@ def _fill(
             for k2, w in members[i][1]:
                 rem[k2] -= w * extra
         result[members[i][0].index] = x[i]
+
+
+def _load_native() -> ctypes.CDLL | None:
+    """The compiled core (controller/_allocc.c) if it was built and not switched off."""
+    if os.environ.get("PLAZA_EMS_PURE_PYTHON"):
+        return None
+    spec = importlib.util.find_spec("controller._allocc")
+    if spec is None or spec.origin is None:
+        return None
+    try:
+        library = ctypes.CDLL(spec.origin)
+    except OSError:
+        return None
+    c_double_p = ctypes.POINTER(ctypes.c_double)
+    c_int_p = ctypes.POINTER(ctypes.c_int)
+    library.plaza_allocate.restype = ctypes.c_int
+    library.plaza_allocate.argtypes = [
+        ctypes.c_int, c_double_p, c_double_p, c_double_p, c_int_p, c_int_p, c_int_p, c_double_p,
+        ctypes.c_int, c_double_p, c_double_p,
+    ]
+    return library
+
+
+def _allocate_native(
+    library: ctypes.CDLL, site: Site, rem: list[float], order: list[Demand]
+) -> dict[int, float]:
+    count = len(order)
+    lo = array("d", [d.lo_a for d in order])
+    hi = array("d", [d.hi_a for d in order])
+    need = array("d", [d.lo_a + (0.0 if d.running else d.start_margin_a) - EPS for d in order])
+    rank = array("i", [d.rank for d in order])
+    kptr = array("i", [0])
+    kidx = array("i")
+    kw = array("d")
+    for d in order:
+        ids = site.constraint_ids(d.index, d.phases)
+        kidx.extend(ids)
+        kw.extend(site.constraint_weights(d.index, d.phases))
+        kptr.append(len(kidx))
+    rem_c = array("d", rem)
+    x = array("d", bytes(8 * max(count, 1)))
+    status = library.plaza_allocate(
+        count, _ptr(lo, ctypes.c_double), _ptr(hi, ctypes.c_double), _ptr(need, ctypes.c_double),
+        _ptr(rank, ctypes.c_int), _ptr(kptr, ctypes.c_int), _ptr(kidx, ctypes.c_int), _ptr(kw, ctypes.c_double),
+        len(rem_c), _ptr(rem_c, ctypes.c_double), _ptr(x, ctypes.c_double),
+    )
+    if status != 0:
+        return allocate_python(site, rem, order)
+    rem[:] = rem_c.tolist()
+    return {d.index: x[i] for i, d in enumerate(order)}
+
+
+CType = TypeVar("CType", ctypes.c_double, ctypes.c_int)
+
+
+def _ptr(values: array[Any], ctype: type[CType]) -> ctypes._Pointer[CType]:
+    """A C pointer to an array's buffer (an empty array still gets a valid pointer)."""
+    if len(values) == 0:
+        values.append(0)
+    return ctypes.cast((ctype * len(values)).from_buffer(values), ctypes.POINTER(ctype))
+
+
+_NATIVE = _load_native()

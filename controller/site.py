@@ -125,6 +125,9 @@ class Site:
         default_factory=dict, compare=False, repr=False
     )
     _ids: dict[tuple[int, tuple[int, ...]], tuple[int, ...]] = field(default_factory=dict, compare=False, repr=False)
+    _weights: dict[tuple[int, tuple[int, ...]], tuple[float, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def constraint_keys(self, connector: int, phases: tuple[int, ...]) -> tuple[tuple[int, float], ...]:
         """(constraint key, weight) for every node-phase and node power a connector loads, cached."""
@@ -138,7 +141,16 @@ class Site:
                     keys.append((n * KEYS_PER_NODE + POWER, per_amp_w))
             cached = self._keys[(connector, phases)] = tuple(keys)
             self._ids[(connector, phases)] = tuple(k for k, _ in keys)
+            self._weights[(connector, phases)] = tuple(w for _, w in keys)
         return cached
+
+    def constraint_weights(self, connector: int, phases: tuple[int, ...]) -> tuple[float, ...]:
+        """Just the weights of ``constraint_keys``."""
+        weights = self._weights.get((connector, phases))
+        if weights is None:
+            self.constraint_keys(connector, phases)
+            weights = self._weights[(connector, phases)]
+        return weights
 
     def constraint_ids(self, connector: int, phases: tuple[int, ...]) -> tuple[int, ...]:
         """Just the keys of ``constraint_keys``."""

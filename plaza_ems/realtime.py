@@ -16,6 +16,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from controller.interlocks import SiteMode
 from controller.program import CycleOutput
 from controller.scan import CycleStats, ScanLoop, SystemClock
 from hil.scenario import load_scenario
@@ -73,7 +74,8 @@ class StatusPublisher:
             level = logging.WARNING if event.kind == "tripped" else logging.INFO
             log.log(level, "interlock %s %s: %s", event.latch, event.kind, event.detail)
         if output.mode.value != self._mode:
-            log.warning("site mode is now %s", output.mode.value)
+            level = logging.INFO if output.mode is SiteMode.NORMAL else logging.WARNING
+            log.log(level, "site mode is now %s", output.mode.value)
             self._mode = output.mode.value
         now = time.monotonic()
         if now >= self._next_status:

@@ -4,12 +4,15 @@ its limit on any phase while its measurements are fresh, and every setpoint is 0
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from controller import allocation
 from controller.allocation import Demand, allocate
 from controller.config import validate_config
 from controller.image import ConnectorReading, ContactReading, InputSnapshot, MeterReading, freeze
@@ -191,3 +194,49 @@ def test_allocation_is_feasible_and_wastes_no_capacity(case: Case, data: st.Data
             (start[k] - used[k]) / (V * len(d.phases) if k % KEYS_PER_NODE == POWER else 1.0) for k in keys
         )
         assert slack <= 1e-6, (d.index, x, d.hi_a, slack)
+
+
+def test_the_compiled_core_is_built() -> None:
+    """CI machines have a C compiler: the fast core must be there (PLAZA_EMS_PURE_PYTHON turns it off)."""
+    if os.environ.get("PLAZA_EMS_PURE_PYTHON"):
+        pytest.skip("pure Python requested")
+    assert allocation._NATIVE is not None
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=cases(), data=st.data())
+def test_compiled_core_gives_the_same_allocation_as_the_python_reference(case: Case, data: st.DataObject) -> None:
+    native = allocation._NATIVE
+    if native is None:
+        pytest.skip("compiled core not built")
+    site = compile_site(validate_config(case.config, "prop").config)
+    rem = [0.0] * (len(site.nodes) * KEYS_PER_NODE)
+    for node in site.nodes:
+        base = node.index * KEYS_PER_NODE
+        for p in range(3):
+            rem[base + p] = data.draw(st.floats(-5.0, 120.0))
+        rem[base + POWER] = data.draw(st.floats(0.0, 60_000.0)) if node.power_limit_w is not None else math.inf
+    order = sorted(
+        (
+            Demand(
+                index=conn.index,
+                lo_a=conn.min_current_a,
+                hi_a=data.draw(st.floats(0.0, 63.0)),
+                phases=conn.rotation if data.draw(st.booleans()) else conn.rotation[:1],
+                rank=data.draw(st.integers(0, 3)),
+                laxity_s=data.draw(st.floats(-1000.0, 1e6)),
+                running=data.draw(st.booleans()),
+                start_margin_a=data.draw(st.sampled_from([0.0, 1.0])),
+            )
+            for conn in site.connectors
+        ),
+        key=lambda d: (-d.rank, not d.running, d.laxity_s, d.index),
+    )
+    rem_py, rem_c = list(rem), list(rem)
+    expected = allocation.allocate_python(site, rem_py, order)
+    got = allocation._allocate_native(native, site, rem_c, order)
+    assert got.keys() == expected.keys()
+    for index, value in expected.items():
+        assert got[index] == pytest.approx(value, abs=1e-6), index
+    for a, b in zip(rem_c, rem_py, strict=True):
+        assert a == pytest.approx(b, abs=1e-6) or (math.isinf(a) and math.isinf(b))
