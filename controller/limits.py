@@ -38,20 +38,33 @@ def dso_limit_pct(site: Site, reading: DsoReading | None) -> float:
     return reading.limit_pct
 
 
-def effective_limits(site: Site, now: float, dso_reading: DsoReading | None) -> tuple[NodeLimit, ...]:
-    limits = [
+def fuse_limits(site: Site) -> tuple[NodeLimit, ...]:
+    """Every node's own rating: the effective limits whenever no DSO command or capacity frame binds.
+
+    They never change for a site, so the program computes them once and ``effective_limits`` hands
+    the same tuple back in every such cycle instead of building a record per node.
+    """
+    return tuple(
         NodeLimit(node.rating_a, node.power_limit_w if node.power_limit_w is not None else math.inf, FUSE)
         for node in site.nodes
-    ]
+    )
+
+
+def effective_limits(
+    site: Site, fuse: tuple[NodeLimit, ...], now: float, dso_reading: DsoReading | None
+) -> tuple[NodeLimit, ...]:
+    """``fuse`` is ``fuse_limits(site)``; a node's limit is replaced only where a DSO stage or frame binds."""
     dso = site.config.dso
-    if dso is not None:
-        pct = dso_limit_pct(site, dso_reading)
-        if pct < 100.0:
-            index = site.node_index[dso.node]
-            node = site.nodes[index]
-            own = limits[index]
-            power_w = (node.power_limit_w * pct / 100.0) if node.power_limit_w is not None else math.inf
-            limits[index] = NodeLimit(min(own.current_a, node.rating_a * pct / 100.0), min(own.power_w, power_w), DSO)
+    pct = dso_limit_pct(site, dso_reading)
+    if pct >= 100.0 and not site.capacity_frames:
+        return fuse
+    limits = list(fuse)
+    if dso is not None and pct < 100.0:
+        index = site.node_index[dso.node]
+        node = site.nodes[index]
+        own = limits[index]
+        power_w = (node.power_limit_w * pct / 100.0) if node.power_limit_w is not None else math.inf
+        limits[index] = NodeLimit(min(own.current_a, node.rating_a * pct / 100.0), min(own.power_w, power_w), DSO)
     if site.capacity_frames:
         local = datetime.fromtimestamp(now, UTC).astimezone(site.timezone)
         s_of_day = local.hour * 3600 + local.minute * 60 + local.second

@@ -30,11 +30,13 @@ from controller.interlocks import (
     SiteMode,
     evaluate_interlocks,
 )
-from controller.limits import NodeLimit, dso_limit_pct, effective_limits
-from controller.protection import Uncontrolled, capacity, estimate_uncontrolled
+from controller.limits import NodeLimit, dso_limit_pct, effective_limits, fuse_limits
+from controller.protection import Uncontrolled, capacity, estimate_uncontrolled, uncontrolled_by_node
 from controller.site import KEYS_PER_NODE, POWER, Site
 
 PAUSED_EPS_A = 1e-6
+_GOOD = Quality.GOOD
+"""Looked up once: reading an Enum member through its class costs about 0.1 µs (Python 3.11)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +111,24 @@ class ControlProgram:
             FIRE: cfg.fire_panel.id if cfg.fire_panel is not None else None,
             EMERGENCY_STOP: cfg.emergency_stop.id if cfg.emergency_stop is not None else None,
         }
+        # What stays the same for the site's lifetime is worked out here once, not every cycle.
+        self._fuse_limits = fuse_limits(site)
+        # Per connector: the allocation keys of the grid phases its L1..L3 load, and its node's POWER key.
+        self._draw_keys = tuple(
+            (tuple(c.node * KEYS_PER_NODE + phase for phase in c.rotation), c.node * KEYS_PER_NODE + POWER)
+            for c in site.connectors
+        )
+        # (first key of a node, first key of its parent) for every node but the root, children first.
+        self._upward = tuple(
+            (node.index * KEYS_PER_NODE, node.parent * KEYS_PER_NODE)
+            for node in reversed(site.nodes)
+            if node.parent is not None
+        )
+        # Last cycle's records per connector index, handed out again while their fields stay the same:
+        # building a frozen dataclass per connector and cycle is a good part of a large site's cycle.
+        self._last_intents: list[Intent | None] = [None] * len(site.connectors)
+        self._last_demands: list[Demand | None] = [None] * len(site.connectors)
+        self._last_setpoints: list[ConnectorSetpoint | None] = [None] * len(site.connectors)
 
     def step(self, image: ProcessImage) -> CycleOutput:
         site = self.site
@@ -125,7 +145,7 @@ class ControlProgram:
             resets=image.resets,
         )
         state.latches = dict(interlocks.latches)
-        limits = effective_limits(site, now, image.dso)
+        limits = effective_limits(site, self._fuse_limits, now, image.dso)
         dso_pct = dso_limit_pct(site, image.dso)
         self._track_sessions(image)
 
@@ -146,19 +166,22 @@ class ControlProgram:
 
     def _track_sessions(self, image: ProcessImage) -> None:
         site = self.site
-        cfg = site.config.control
+        now = image.t
+        control = site.config.control
+        headroom_a = control.draw_headroom_a
+        probe_interval_s = control.probe_interval_s
+        connected = SessionState.CONNECTED
         for connector, reading, memory in zip(site.connectors, image.connectors, self.state.connectors, strict=True):
-            if reading is None or reading.quality != Quality.GOOD:
+            if reading is None or reading.quality != _GOOD:
                 continue
-            if reading.state in SessionState.CONNECTED:
-                if memory.session is None or (
-                    reading.id_token is not None and memory.session.id_token not in (None, reading.id_token)
-                ):
-                    memory.session = open_session(site, connector, reading, image.t)
-                elif memory.session.id_token is None and reading.id_token is not None:
-                    memory.session = open_session(site, connector, reading, memory.session.started_ts)
-                update_draw_cap(memory.session, connector, reading, memory.setpoint_a, image.t,
-                                cfg.draw_headroom_a, cfg.probe_interval_s)
+            if reading.state in connected:
+                session = memory.session
+                id_token = reading.id_token
+                if session is None or (id_token is not None and session.id_token not in (None, id_token)):
+                    session = memory.session = open_session(site, connector, reading, now)
+                elif session.id_token is None and id_token is not None:
+                    session = memory.session = open_session(site, connector, reading, session.started_ts)
+                update_draw_cap(session, connector, reading, memory.setpoint_a, now, headroom_a, probe_interval_s)
             else:
                 memory.session = None
 
@@ -167,55 +190,69 @@ class ControlProgram:
     def _capacity(
         self, image: ProcessImage, limits: tuple[NodeLimit, ...]
     ) -> tuple[Uncontrolled, list[float], set[int]]:
+        """Uncontrolled load, the capacity left per allocation key, and the connectors that are silent."""
         site = self.site
-        count = len(site.nodes)
         voltage_v = site.voltage_v
-        measured_a = [[0.0, 0.0, 0.0] for _ in range(count)]
-        measured_w = [0.0] * count
-        fixed_a = [[0.0, 0.0, 0.0] for _ in range(count)]
-        fixed_w = [0.0] * count
+        size = len(site.nodes) * KEYS_PER_NODE
+        # Per allocation key (A on a node's phases, W on its POWER key): what the controllable devices
+        # measure, and what the silent ones are assumed to draw. Each device is added at its own node;
+        # one bottom-up pass then gives every subtree's sum.
+        measured = [0.0] * size
+        fixed = [0.0] * size
         fixed_connectors: set[int] = set()
-        # Each device is added at its own node; one bottom-up pass then gives every subtree's sum.
-        for connector, reading, memory in zip(site.connectors, image.connectors, self.state.connectors, strict=True):
-            cp = connector.node
-            if reading is not None and reading.quality == Quality.GOOD:
-                own = measured_a[cp]
+        for connector, (phase_keys, power_key), reading, memory in zip(
+            site.connectors, self._draw_keys, image.connectors, self.state.connectors, strict=True
+        ):
+            if reading is not None and reading.quality == _GOOD:
+                # Unrolled: this loop runs for every connector, and a loop over its phases costs more
+                # than the additions. A single-phase charger loads only the phase of its L1.
                 current = reading.current_a
-                for k, phase in enumerate(connector.rotation):
-                    own[phase] += current[k]
-                    measured_w[cp] += current[k] * voltage_v
+                if len(phase_keys) == 3:
+                    l1, l2, l3 = phase_keys
+                    measured[l1] += current[0]
+                    measured[power_key] += current[0] * voltage_v
+                    measured[l2] += current[1]
+                    measured[power_key] += current[1] * voltage_v
+                    measured[l3] += current[2]
+                    measured[power_key] += current[2] * voltage_v
+                else:
+                    measured[phase_keys[0]] += current[0]
+                    measured[power_key] += current[0] * voltage_v
                 continue
             fixed_connectors.add(connector.index)
             assumed_a = max(memory.setpoint_a, connector.fallback_current_a)
-            for phase in connector.rotation:
-                fixed_a[cp][phase] += assumed_a
-            fixed_w[cp] += assumed_a * voltage_v * len(connector.rotation)
+            for key in phase_keys:
+                fixed[key] += assumed_a
+            fixed[power_key] += assumed_a * voltage_v * len(connector.rotation)
         for battery, b_reading, b_memory in zip(site.batteries, image.batteries, self.state.batteries, strict=True):
-            if b_reading is not None and b_reading.quality == Quality.GOOD:
+            base = battery.node * KEYS_PER_NODE
+            if b_reading is not None and b_reading.quality == _GOOD:
                 for p in range(3):
-                    measured_a[battery.node][p] += b_reading.power_w / (3 * voltage_v)
-                measured_w[battery.node] += b_reading.power_w
+                    measured[base + p] += b_reading.power_w / (3 * voltage_v)
+                measured[base + POWER] += b_reading.power_w
                 # Credit a discharge only as far as it is measured; count a charge at its worst.
                 worst_w = max(b_reading.power_w, b_memory.setpoint_w)
             else:
                 worst_w = max(0.0, b_memory.setpoint_w)
             for p in range(3):
-                fixed_a[battery.node][p] += worst_w / (3 * voltage_v)
-            fixed_w[battery.node] += worst_w
-        for node in reversed(site.nodes):
-            parent = node.parent
-            if parent is not None:
-                i = node.index
-                for p in range(3):
-                    measured_a[parent][p] += measured_a[i][p]
-                    fixed_a[parent][p] += fixed_a[i][p]
-                measured_w[parent] += measured_w[i]
-                fixed_w[parent] += fixed_w[i]
+                fixed[base + p] += worst_w / (3 * voltage_v)
+            fixed[base + POWER] += worst_w
+        for child, parent in self._upward:
+            measured[parent] += measured[child]
+            measured[parent + 1] += measured[child + 1]
+            measured[parent + 2] += measured[child + 2]
+            measured[parent + POWER] += measured[child + POWER]
+        if fixed_connectors or site.batteries:  # else every fixed load is zero, and so are their sums
+            for child, parent in self._upward:
+                fixed[parent] += fixed[child]
+                fixed[parent + 1] += fixed[child + 1]
+                fixed[parent + 2] += fixed[child + 2]
+                fixed[parent + POWER] += fixed[child + POWER]
         meters: dict[str, tuple[tuple[float, float, float], float] | None] = {}
         for meter_id, meter in image.meters.items():
-            meters[meter_id] = (meter.current_a, meter.power_w) if meter.quality == Quality.GOOD else None
-        uncontrolled = estimate_uncontrolled(site, meters, measured_a, measured_w, limits)
-        return uncontrolled, capacity(site, limits, uncontrolled, fixed_a, fixed_w), fixed_connectors
+            meters[meter_id] = (meter.current_a, meter.power_w) if meter.quality == _GOOD else None
+        uncontrolled = estimate_uncontrolled(site, meters, measured, limits)
+        return uncontrolled_by_node(uncontrolled), capacity(site, limits, uncontrolled, fixed), fixed_connectors
 
     # -- intent -----------------------------------------------------------------------------------
 
@@ -224,13 +261,16 @@ class ControlProgram:
         intents: dict[int, Intent] = {}
         flexible: list[int] = []
         flexible_draw_w = 0.0
+        last = self._last_intents
         for connector, reading, memory in zip(site.connectors, image.connectors, self.state.connectors, strict=True):
-            if connector.index in fixed or reading is None or memory.session is None:
+            session = memory.session
+            if session is None or reading is None or connector.index in fixed:
                 continue
-            intent = connector_intent(site, connector, reading, memory.session, image)
-            intents[connector.index] = intent
+            index = connector.index
+            intent = last[index] = connector_intent(site, connector, reading, session, image, last[index])
+            intents[index] = intent
             if intent.flexible and intent.rank > 0:
-                flexible.append(connector.index)
+                flexible.append(index)
                 flexible_draw_w += max(reading.current_a) * site.voltage_v * len(intent.phases)
         if flexible:
             self._share_surplus(image, intents, flexible, flexible_draw_w)
@@ -242,7 +282,7 @@ class ControlProgram:
         """Flexible sessions that are not urgent charge from PV surplus only, in equal shares."""
         site = self.site
         battery_charge_w = sum(
-            max(0.0, r.power_w) for r in image.batteries if r is not None and r.quality == Quality.GOOD
+            max(0.0, r.power_w) for r in image.batteries if r is not None and r.quality == _GOOD
         )
         share_w = pv_surplus_w(site, image, flexible_draw_w, battery_charge_w) / len(flexible)
         for index in flexible:
@@ -256,20 +296,30 @@ class ControlProgram:
     def _demands(self, intents: dict[int, Intent], now: float) -> list[Demand]:
         site = self.site
         control = site.config.control
+        resume_delay_s = control.resume_delay_s
+        memories = self.state.connectors
+        last = self._last_demands
         demands: list[Demand] = []
         for index, intent in intents.items():
-            memory = self.state.connectors[index]
-            connector = site.connectors[index]
+            memory = memories[index]
             running = memory.setpoint_a > PAUSED_EPS_A
             demand_a = intent.demand_a
-            if not running and now - memory.paused_at_ts < control.resume_delay_s:
-                demand_a = 0.0
-            if demand_a <= 0.0:
-                continue
-            demands.append(
-                Demand(
+            if demand_a <= 0.0 or (not running and now - memory.paused_at_ts < resume_delay_s):
+                continue  # nothing wanted, or paused too recently to start again
+            demand = last[index]
+            # The connector's minimum and the start margin never change; the rest is last cycle's
+            # demand as long as it still matches.
+            if (
+                demand is None
+                or demand.hi_a != demand_a
+                or demand.running != running
+                or demand.laxity_s != intent.laxity_s
+                or demand.rank != intent.rank
+                or demand.phases != intent.phases
+            ):
+                demand = last[index] = Demand(
                     index=index,
-                    lo_a=connector.min_current_a,
+                    lo_a=site.connectors[index].min_current_a,
                     hi_a=demand_a,
                     phases=intent.phases,
                     rank=intent.rank,
@@ -277,7 +327,7 @@ class ControlProgram:
                     running=running,
                     start_margin_a=control.resume_margin_a,
                 )
-            )
+            demands.append(demand)
         return demands
 
     # -- shaping in time --------------------------------------------------------------------------
@@ -401,10 +451,10 @@ class ControlProgram:
         commands: list[BatteryCommand] = []
         root_meter = site.nodes[0].meter
         root = image.meters.get(root_meter) if root_meter is not None else None
-        net_w = root.power_w if root is not None and root.quality == Quality.GOOD else None
+        net_w = root.power_w if root is not None and root.quality == _GOOD else None
         band_w = 3 * site.voltage_v * IEC_61851_MIN_CURRENT_A
         for battery, reading, memory in zip(site.batteries, image.batteries, self.state.batteries, strict=True):
-            if reading is None or reading.quality != Quality.GOOD or net_w is None:
+            if reading is None or reading.quality != _GOOD or net_w is None:
                 memory.setpoint_w = 0.0
                 commands.append(BatteryCommand(battery.id, 0.0, standby=False))
                 continue
@@ -476,14 +526,17 @@ class ControlProgram:
         events: tuple[InterlockEvent, ...],
     ) -> CycleOutput:
         three_v = 3 * self.site.voltage_v
-        setpoints = tuple(
-            ConnectorSetpoint(c.id, a, a * three_v if c.dc else None)
-            for c, a in zip(self.site.connectors, setpoints_a, strict=True)
-        )
+        last = self._last_setpoints
+        setpoints: list[ConnectorSetpoint] = []
+        for c, a in zip(self.site.connectors, setpoints_a, strict=True):
+            setpoint = last[c.index]
+            if setpoint is None or setpoint.current_a != a:
+                setpoint = last[c.index] = ConnectorSetpoint(c.id, a, a * three_v if c.dc else None)
+            setpoints.append(setpoint)
         return CycleOutput(
             t=image.t,
             mode=mode,
-            setpoints=setpoints,
+            setpoints=tuple(setpoints),
             batteries=tuple(batteries),
             limits=limits,
             uncontrolled=uncontrolled,

@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from controller.limits import NodeLimit
 from controller.site import KEYS_PER_NODE, POWER, Site
 
-Phase3 = list[float]
-
 
 @dataclass(frozen=True, slots=True)
 class Load:
@@ -48,75 +46,90 @@ def per_phase(rotation: tuple[int, ...], charger_a: tuple[float, float, float]) 
 def estimate_uncontrolled(
     site: Site,
     meters: dict[str, tuple[tuple[float, float, float], float] | None],
-    controllable_a: list[Phase3],
-    controllable_w: list[float],
+    controllable: list[float],
     limits: tuple[NodeLimit, ...],
-) -> Uncontrolled:
-    """Uncontrolled load per node, bottom-up.
+) -> list[float]:
+    """Uncontrolled load per allocation key, bottom-up: A on a node's phase keys, W on its POWER key.
 
     ``meters`` maps meter id to (per-phase current, power) when its reading is good, else None.
-    ``controllable_a/_w`` are, per node, the measured draw of controllable devices in its subtree.
+    ``controllable`` is, per allocation key, the measured draw of controllable devices in the node's
+    subtree. Flat per-key lists (like the allocator's) spare building three-element lists per node.
     """
-    count = len(site.nodes)
-    current: list[Phase3] = [[0.0, 0.0, 0.0] for _ in range(count)]
-    power: list[float] = [0.0] * count
+    load = [0.0] * (len(site.nodes) * KEYS_PER_NODE)
     voltage_v = site.voltage_v
-    for load in site.loads:
-        if load.generator:
+    for attached in site.loads:
+        if attached.generator:
             continue  # no credit for generation at un-metered nodes: a cloud can take it away in seconds
-        measured = meters.get(load.meter) if load.meter is not None else None
-        target = current[load.node]
+        measured = meters.get(attached.meter) if attached.meter is not None else None
+        base = attached.node * KEYS_PER_NODE
         if measured is not None:
             for p in range(3):
-                target[p] += max(0.0, measured[0][p])
-            power[load.node] += max(0.0, measured[1])
+                load[base + p] += max(0.0, measured[0][p])
+            load[base + POWER] += max(0.0, measured[1])
         else:
-            worst_a = load.max_current_a if load.max_current_a is not None else site.nodes[load.node].rating_a
+            worst_a = attached.max_current_a
+            if worst_a is None:
+                worst_a = site.nodes[attached.node].rating_a
             for p in range(3):
-                target[p] += worst_a
-            power[load.node] += worst_a * voltage_v * 3
+                load[base + p] += worst_a
+            load[base + POWER] += worst_a * voltage_v * 3
     for node in reversed(site.nodes):
-        i = node.index
+        base = node.index * KEYS_PER_NODE
         if node.meter is not None:
             measured = meters.get(node.meter)
             if measured is None:
-                limit = limits[i]
-                current[i] = [limit.current_a] * 3
-                power[i] = limit.power_w if math.isfinite(limit.power_w) else limit.current_a * voltage_v * 3
+                limit = limits[node.index]
+                load[base] = load[base + 1] = load[base + 2] = limit.current_a
+                load[base + POWER] = (
+                    limit.power_w if math.isfinite(limit.power_w) else limit.current_a * voltage_v * 3
+                )
             else:
-                own = controllable_a[i]
-                current[i] = [max(0.0, measured[0][p] - own[p]) for p in range(3)]
-                power[i] = max(0.0, measured[1] - controllable_w[i])
+                current_a = measured[0]
+                load[base] = max(0.0, current_a[0] - controllable[base])
+                load[base + 1] = max(0.0, current_a[1] - controllable[base + 1])
+                load[base + 2] = max(0.0, current_a[2] - controllable[base + 2])
+                load[base + POWER] = max(0.0, measured[1] - controllable[base + POWER])
         if node.parent is not None:
-            parent = current[node.parent]
-            mine = current[i]
-            for p in range(3):
-                parent[p] += mine[p]
-            power[node.parent] += power[i]
+            parent = node.parent * KEYS_PER_NODE
+            load[parent] += load[base]
+            load[parent + 1] += load[base + 1]
+            load[parent + 2] += load[base + 2]
+            load[parent + POWER] += load[base + POWER]
         # A metered parent overwrites this sum with its own measurement when its turn comes.
-    return Uncontrolled(tuple((c[0], c[1], c[2]) for c in current), tuple(power))
+    return load
+
+
+def uncontrolled_by_node(load: list[float]) -> Uncontrolled:
+    """The published form of ``estimate_uncontrolled``'s per-key list."""
+    return Uncontrolled(
+        tuple(zip(load[0::KEYS_PER_NODE], load[1::KEYS_PER_NODE], load[2::KEYS_PER_NODE], strict=True)),
+        tuple(load[POWER::KEYS_PER_NODE]),
+    )
 
 
 def capacity(
     site: Site,
     limits: tuple[NodeLimit, ...],
-    uncontrolled: Uncontrolled,
-    fixed_a: list[Phase3],
-    fixed_w: list[float],
+    uncontrolled: list[float],
+    fixed: list[float],
 ) -> list[float]:
-    """Remaining capacity per allocation key: limit - margin - uncontrolled - fixed loads."""
+    """Remaining capacity per allocation key: limit - margin - uncontrolled - fixed loads.
+
+    ``uncontrolled`` and ``fixed`` are per allocation key, like the result.
+    """
     margin_a = site.config.margins.current_a
     margin_w = site.config.margins.power_kw * 1000.0
     rem = [0.0] * (len(site.nodes) * KEYS_PER_NODE)
-    for node in site.nodes:
-        i = node.index
+    isfinite = math.isfinite
+    for i, limit in enumerate(limits):
         base = i * KEYS_PER_NODE
-        limit = limits[i]
-        for p in range(3):
-            rem[base + p] = limit.current_a - margin_a - uncontrolled.current_a[i][p] - fixed_a[i][p]
-        if math.isfinite(limit.power_w):
-            rem[base + POWER] = limit.power_w - margin_w - uncontrolled.power_w[i] - fixed_w[i]
+        current_a = limit.current_a - margin_a
+        rem[base] = current_a - uncontrolled[base] - fixed[base]
+        rem[base + 1] = current_a - uncontrolled[base + 1] - fixed[base + 1]
+        rem[base + 2] = current_a - uncontrolled[base + 2] - fixed[base + 2]
+        power_w = limit.power_w
+        if isfinite(power_w):
+            rem[base + POWER] = power_w - margin_w - uncontrolled[base + POWER] - fixed[base + POWER]
         else:
             rem[base + POWER] = math.inf
     return rem
-
