@@ -268,7 +268,7 @@ def validate_config(raw: object, source: str = "<data>") -> LoadedConfig:
     try:
         config = SiteConfig.model_validate(raw)
     except ValidationError as err:
-        issues = [ConfigIssue(_render_loc(raw, e["loc"]), _message(e)) for e in err.errors()]
+        issues = [ConfigIssue(_render_loc(raw, e["loc"]), error_message(e)) for e in err.errors()]
         raise ConfigError(issues, source) from None
     errors, warnings = _semantic_checks(config)
     if errors:
@@ -306,7 +306,8 @@ _MESSAGES = {
 }
 
 
-def _message(error: Any) -> str:
+def error_message(error: Any) -> str:
+    """A pydantic error in the words of the site-file reference (``must be > 0``, ``is required``)."""
     template = _MESSAGES.get(error["type"])
     ctx = error.get("ctx") or {}
     if template is not None:

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -24,6 +24,7 @@ from controller.config import (
     ConfigIssue,
     LoadedConfig,
     SiteConfig,
+    error_message,
     parse_config,
     validate_config,
     walk_tree,
@@ -130,6 +131,13 @@ Event = Annotated[
 ]
 
 
+EVENT_TYPES = frozenset(
+    t
+    for model in (FireAlarm, ResetLatch, LoadSpike, MeterFault, IoSilent, ChargerSilent, DsoStage)
+    for t in get_args(model.model_fields["type"].annotation)  # the Literal's values
+)
+
+
 class ScenarioConfig(_Model):
     name: Annotated[str, Field(min_length=1)]
     site: str | dict[str, Any]
@@ -172,6 +180,9 @@ class ScenarioError(Exception):
 
 
 def _loc(loc: Sequence[int | str]) -> str:
+    """``events[1].extra_kw``: pydantic's location without the event-type tag it inserts."""
+    if len(loc) > 2 and loc[0] == "events" and isinstance(loc[1], int) and loc[2] in EVENT_TYPES:
+        loc = [*loc[:2], *loc[3:]]
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
@@ -196,7 +207,7 @@ def load_scenario(path: str | Path) -> Scenario:
     try:
         config = ScenarioConfig.model_validate(raw)
     except ValidationError as err:
-        issues = [ConfigIssue(_loc(e["loc"]), str(e["msg"])) for e in err.errors()]
+        issues = [ConfigIssue(_loc(e["loc"]), error_message(e)) for e in err.errors()]
         raise ScenarioError(issues, source) from None
     site = _load_site(config, path)
     if config.connection_limit_a is not None:
