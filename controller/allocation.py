@@ -246,7 +246,7 @@ def _fill(
                 totals[k2] -= w * span
             if value < hi[i] - EPS:
                 # Frozen below its demand: every other constraint it is in may now bind later.
-                dirty.update(site.constraint_ids(members[i][0].index, phases[i]))
+                dirty.update(site.constraints(members[i][0].index, phases[i]).keys)
     for i in range(count):
         if active[i]:
             x[i] = hi[i]
@@ -289,9 +289,9 @@ def _allocate_native(
     kidx = array("i")
     kw = array("d")
     for d in order:
-        ids = site.constraint_ids(d.index, d.phases)
-        kidx.extend(ids)
-        kw.extend(site.constraint_weights(d.index, d.phases))
+        constraints = site.constraints(d.index, d.phases)
+        kidx.extend(constraints.keys)
+        kw.extend(constraints.weights)
         kptr.append(len(kidx))
     rem_c = array("d", rem)
     x = array("d", bytes(8 * max(count, 1)))

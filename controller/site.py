@@ -103,6 +103,15 @@ class CapacityFrame:
 
 
 @dataclass(frozen=True, slots=True)
+class Constraints:
+    """The allocation constraints one connector loads: ``pairs`` of (key, weight), and both apart."""
+
+    pairs: tuple[tuple[int, float], ...]
+    keys: tuple[int, ...]
+    weights: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Site:
     id: str
     config: SiteConfig
@@ -121,44 +130,28 @@ class Site:
     connector_index: dict[str, int]
     power_limited: frozenset[int] = frozenset()
     """Nodes that can have a power limit (their own, or a capacity frame)."""
-    _keys: dict[tuple[int, tuple[int, ...]], tuple[tuple[int, float], ...]] = field(
-        default_factory=dict, compare=False, repr=False
-    )
-    _ids: dict[tuple[int, tuple[int, ...]], tuple[int, ...]] = field(default_factory=dict, compare=False, repr=False)
-    _weights: dict[tuple[int, tuple[int, ...]], tuple[float, ...]] = field(
+    _constraints: dict[tuple[int, tuple[int, ...]], Constraints] = field(
         default_factory=dict, compare=False, repr=False
     )
 
-    def constraint_keys(self, connector: int, phases: tuple[int, ...]) -> tuple[tuple[int, float], ...]:
-        """(constraint key, weight) for every node-phase and node power a connector loads, cached."""
-        cached = self._keys.get((connector, phases))
+    def constraints(self, connector: int, phases: tuple[int, ...]) -> Constraints:
+        """Every node-phase and node power a connector loads on these grid phases, cached."""
+        cached = self._constraints.get((connector, phases))
         if cached is None:
             per_amp_w = self.voltage_v * len(phases)
-            keys: list[tuple[int, float]] = []
+            pairs: list[tuple[int, float]] = []
             for n in self.connectors[connector].path:
-                keys.extend((n * KEYS_PER_NODE + p, 1.0) for p in phases)
+                pairs.extend((n * KEYS_PER_NODE + p, 1.0) for p in phases)
                 if n in self.power_limited:
-                    keys.append((n * KEYS_PER_NODE + POWER, per_amp_w))
-            cached = self._keys[(connector, phases)] = tuple(keys)
-            self._ids[(connector, phases)] = tuple(k for k, _ in keys)
-            self._weights[(connector, phases)] = tuple(w for _, w in keys)
+                    pairs.append((n * KEYS_PER_NODE + POWER, per_amp_w))
+            cached = self._constraints[(connector, phases)] = Constraints(
+                pairs=tuple(pairs), keys=tuple(k for k, _ in pairs), weights=tuple(w for _, w in pairs)
+            )
         return cached
 
-    def constraint_weights(self, connector: int, phases: tuple[int, ...]) -> tuple[float, ...]:
-        """Just the weights of ``constraint_keys``."""
-        weights = self._weights.get((connector, phases))
-        if weights is None:
-            self.constraint_keys(connector, phases)
-            weights = self._weights[(connector, phases)]
-        return weights
-
-    def constraint_ids(self, connector: int, phases: tuple[int, ...]) -> tuple[int, ...]:
-        """Just the keys of ``constraint_keys``."""
-        ids = self._ids.get((connector, phases))
-        if ids is None:
-            self.constraint_keys(connector, phases)
-            ids = self._ids[(connector, phases)]
-        return ids
+    def constraint_keys(self, connector: int, phases: tuple[int, ...]) -> tuple[tuple[int, float], ...]:
+        """(constraint key, weight) pairs of ``constraints``."""
+        return self.constraints(connector, phases).pairs
 
     @property
     def max_level(self) -> int:
