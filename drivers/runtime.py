@@ -155,8 +155,9 @@ class DeviceRunner:
         self.status.errors += 1
         self.status.failures += 1
         if self.status.available or self.status.failures == 1:
-            log.warning("%s unavailable: %s (retrying with back-off up to %.0f s)", self.device.name, reason,
-                        self.backoff.cap_s)
+            log.warning(
+                "%s unavailable: %s (retrying with back-off up to %.0f s)", self.device.name, reason, self.backoff.cap_s
+            )
         self.status.available = False
         self.status.last_error = reason
 

@@ -1,0 +1,1 @@
+"""Modbus TCP device drivers: register maps as data, codec, and — later — the polling client."""
