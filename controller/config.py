@@ -111,7 +111,6 @@ class NodeConfig(_Model):
 
 class MeterConfig(_Model):
     id: Id
-    driver: dict[str, Any] | None = None
 
 
 class LocationConfig(_Model):
@@ -180,6 +179,42 @@ class CapacityFrameConfig(_Model):
     limit_kw: NonNegative
 
 
+class DsoRelayConfig(_Model):
+    """Where the DSO's relays (K4 = 0 %, K3 = 30 %, K2 = 60 %) are wired on an I/O module."""
+
+    zero_pct: Annotated[int, Field(ge=0, le=65535)]
+    thirty_pct: Annotated[int, Field(ge=0, le=65535)]
+    sixty_pct: Annotated[int, Field(ge=0, le=65535)]
+    restricted_level: bool = False
+    """The input level that means "relay active" (False: an open input restricts, as OpenEMS reads it)."""
+
+
+class DeviceConfig(_Model):
+    """A field device the drivers talk to: its driver, where it answers and which site items it serves.
+
+    The controller never looks at ``driver`` or ``options``: the driver registry validates them, so a
+    device type is added without touching this schema.
+    """
+
+    id: Id
+    driver: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+    host: Annotated[str, Field(min_length=1)] = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 502
+    unit_id: Annotated[int, Field(ge=0, le=255)] | None = None
+    """None: the driver's documented default."""
+    timeout_ms: Annotated[int, Field(ge=10, le=10_000)] | None = None
+    """Per-request timeout; None: 40 % of the scan period, so a silent device is dropped before the next cycle."""
+    meter: Id | None = None
+    connectors: list[Id] = Field(default_factory=list)
+    """Connectors in the device's own order (socket 1, socket 2, ...)."""
+    battery: Id | None = None
+    pv: Id | None = None
+    contacts: dict[Id, Annotated[int, Field(ge=0, le=65535)]] = Field(default_factory=dict)
+    """Safety contacts (fire panel, emergency stop) by id, each with its input address."""
+    dso_relays: DsoRelayConfig | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
 class SiteConfig(_Model):
     site: SiteInfo
     scan: ScanConfig = ScanConfig()
@@ -195,6 +230,7 @@ class SiteConfig(_Model):
     emergency_stop: ContactConfig | None = None
     dso: DsoConfig | None = None
     capacity_frames: list[CapacityFrameConfig] = Field(default_factory=list)
+    devices: list[DeviceConfig] = Field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -482,6 +518,7 @@ def _semantic_checks(config: SiteConfig) -> tuple[list[ConfigIssue], list[Config
         check_ref(frame.node, f"capacity_frames[{index}].node")
         if frame.start == frame.end:
             errors.append(ConfigIssue(f"capacity_frames[{index}].end", "must differ from start"))
+    _check_devices(config, seen, errors)
     tokens: dict[str, int] = {}
     for index, user in enumerate(config.priorities.users):
         if user.id_token in tokens:
@@ -504,3 +541,46 @@ def _semantic_checks(config: SiteConfig) -> tuple[list[ConfigIssue], list[Config
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         errors.append(ConfigIssue("site.timezone", f"unknown time zone '{config.site.timezone}'"))
     return errors, warnings
+
+
+def _check_devices(config: SiteConfig, ids: Mapping[str, str], errors: list[ConfigIssue]) -> None:
+    """Every item a device serves exists, has the right kind, and is served by one device only."""
+    kinds: dict[str, str] = {}
+    for item in walk_tree(config.tree):
+        for conn in item.node.connectors:
+            kinds[conn.id] = "connector"
+    kinds |= {m.id: "meter" for m in config.meters}
+    kinds |= {b.id: "battery" for b in config.batteries}
+    kinds |= {p.id: "pv" for p in config.pv}
+    kinds |= {c.id: "contact" for c in (config.fire_panel, config.emergency_stop) if c is not None}
+    if config.dso is not None:
+        kinds[config.dso.id] = "dso"
+    served: dict[str, str] = {}
+    device_ids: set[str] = set()
+
+    def serve(item: str, kind: str, path: str) -> None:
+        if kinds.get(item) != kind:
+            errors.append(ConfigIssue(path, f"unknown {kind} '{item}'"))
+        elif item in served:
+            errors.append(ConfigIssue(path, f"{kind} '{item}' is already served by {served[item]}"))
+        else:
+            served[item] = path
+
+    for index, device in enumerate(config.devices):
+        path = f"devices[{index}]"
+        if device.id in ids or device.id in device_ids:
+            errors.append(ConfigIssue(f"{path}.id", f"duplicate id '{device.id}'"))
+        device_ids.add(device.id)
+        for field, kind in (("meter", "meter"), ("battery", "battery"), ("pv", "pv")):
+            item = getattr(device, field)
+            if item is not None:
+                serve(item, kind, f"{path}.{field}")
+        for c_index, connector_id in enumerate(device.connectors):
+            serve(connector_id, "connector", f"{path}.connectors[{c_index}]")
+        for contact in device.contacts:
+            serve(contact, "contact", f"{path}.contacts.{contact}")
+        if device.dso_relays is not None:
+            if config.dso is None:
+                errors.append(ConfigIssue(f"{path}.dso_relays", "the site has no dso section"))
+            else:
+                serve(config.dso.id, "dso", f"{path}.dso_relays")

@@ -1,12 +1,13 @@
 """Device runtime: one supervised task per field device between the protocol drivers and the scan cycle.
 
-Each device polls on its own task at the scan period, so a slow or dead device never delays another
-device or the cycle: the cycle freezes whatever readings are there, and a reading that did not arrive
-ages into STALE on its own. A failed or timed-out read removes the device's readings at once (they
+Each device runs on its own task, so a slow or dead device never delays another device or the cycle:
+the cycle freezes whatever readings are there, and a reading that did not arrive ages into STALE on
+its own. The task follows the cycle: when the cycle hands over its output the device writes what
+changed at once, and reads as late as it can while still finishing before the next freeze, so the
+inputs are as fresh as a PLC's input scan. A failed or timed-out read removes the device's readings at once (they
 are never served stale), and the device reconnects with a back-off that doubles from ``first_s`` up
 to ``cap_s``. Availability is logged once when it is lost (with the reason) and once when it returns,
-never on every poll. Writes are handed over by the cycle and sent by the device task right after it,
-so the cycle never waits on a socket either.
+never on every poll. The cycle never waits on a socket.
 
 Protocol quirks stay inside the ``Device`` implementations (drivers/modbus, drivers/ocpp201, ...).
 """
@@ -14,6 +15,7 @@ Protocol quirks stay inside the ``Device`` implementations (drivers/modbus, driv
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -98,21 +100,39 @@ class DeviceRunner:
         self._write_wanted.set()
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Serve the device until ``stop``.
+
+        As a PLC's input scan, the read is timed to finish just before the next cycle freezes the
+        inputs: a hand-over at T is written at once, the read starts at T + period - ``lead_s`` (the
+        request timeout plus a margin), so even a read that times out has dropped the device's values
+        before the freeze at T + period. Without hand-overs (before the first cycle) it reads every period.
+        """
         loop = asyncio.get_running_loop()
-        next_poll = loop.time()
         try:
             while not stop.is_set():
                 if not self._connected and not await self._connect(stop):
                     continue
-                await self._poll()
+                handed_over = self._write_wanted.is_set()
+                started = loop.time()
                 await self._flush()
-                next_poll += self.period_s
-                if loop.time() > next_poll:
-                    next_poll = loop.time()  # a slow device polls as fast as it can, never back to back
-                await self._wait(stop, next_poll - loop.time())
+                if handed_over:
+                    await self._sleep(stop, started + self.period_s - self.lead_s - loop.time())
+                if self._connected and not stop.is_set():
+                    await self._poll()
+                await self._wait(stop, self.period_s)
         finally:
             self.device.forget(self.snapshot)
             await self._close()
+
+    @property
+    def lead_s(self) -> float:
+        """How long before the next cycle the read starts: its timeout plus a tenth of the period."""
+        return min(self.period_s, self.timeout_s + 0.1 * self.period_s)
+
+    async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=seconds)
 
     async def _connect(self, stop: asyncio.Event) -> bool:
         try:
@@ -170,23 +190,15 @@ class DeviceRunner:
                 log.debug("%s close: %s", self.device.name, _reason(err))
 
     async def _wait(self, stop: asyncio.Event, seconds: float) -> None:
-        """Sleep ``seconds`` (or until stop), sending each output the cycle hands over meanwhile."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        while not stop.is_set():
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            waiters = {asyncio.ensure_future(stop.wait())}
-            if self._connected:
-                waiters.add(asyncio.ensure_future(self._write_wanted.wait()))
-            try:
-                await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for waiter in waiters:
-                    waiter.cancel()
-            if self._connected and self._write_wanted.is_set() and not stop.is_set():
-                await self._flush()
+        """Sleep ``seconds``, or less: until stop, or (while connected) until the cycle hands over an output."""
+        waiters = {asyncio.ensure_future(stop.wait())}
+        if self._connected:
+            waiters.add(asyncio.ensure_future(self._write_wanted.wait()))
+        try:
+            await asyncio.wait(waiters, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
 
 
 def _reason(err: BaseException) -> str:

@@ -120,20 +120,31 @@ class ChargerSilent(_Event):
     duration_s: PositiveF
 
 
+class DeviceFault(_Event):
+    """A fault of one Modbus device of the site's ``devices`` (HIL only; ``plaza-ems sim`` has no wire)."""
+
+    type: Literal["device_fault"]
+    device: str
+    fault: Literal["silent", "exception", "slow", "garbage", "drop"]
+    duration_s: PositiveF
+    exception_code: Annotated[int, Field(ge=1, le=255)] = 4
+    delay_ms: Annotated[int, Field(ge=0, le=60_000)] = 0
+
+
 class DsoStage(_Event):
     type: Literal["dso_stage"]
     pct: Annotated[float, Field(ge=0, le=100)]
 
 
 Event = Annotated[
-    FireAlarm | ResetLatch | LoadSpike | MeterFault | IoSilent | ChargerSilent | DsoStage,
+    FireAlarm | ResetLatch | LoadSpike | MeterFault | IoSilent | ChargerSilent | DeviceFault | DsoStage,
     Field(discriminator="type"),
 ]
 
 
 EVENT_TYPES = frozenset(
     t
-    for model in (FireAlarm, ResetLatch, LoadSpike, MeterFault, IoSilent, ChargerSilent, DsoStage)
+    for model in (FireAlarm, ResetLatch, LoadSpike, MeterFault, IoSilent, ChargerSilent, DeviceFault, DsoStage)
     for t in get_args(model.model_fields["type"].annotation)  # the Literal's values
 )
 
@@ -286,6 +297,8 @@ def _check_ids(config: ScenarioConfig, site: SiteConfig, source: str) -> None:
             need(event.contact in contacts, f"{path}.contact", "contact", event.contact)
         elif isinstance(event, ChargerSilent):
             need(event.connector in connectors, f"{path}.connector", "connector", event.connector)
+        elif isinstance(event, DeviceFault):
+            need(event.device in {d.id for d in site.devices}, f"{path}.device", "device", event.device)
         elif isinstance(event, DsoStage):
             need(site.dso is not None, f"{path}", "input: the site declares no", "dso")
         elif isinstance(event, FireAlarm):
@@ -298,9 +311,7 @@ def _check_ids(config: ScenarioConfig, site: SiteConfig, source: str) -> None:
 
 
 def _shifted(series: data.TimeSeries, offset_s: float, scale: float) -> data.TimeSeries:
-    return data.TimeSeries(
-        tuple(t + offset_s for t in series.t_s), tuple(v * scale for v in series.values)
-    )
+    return data.TimeSeries(tuple(t + offset_s for t in series.t_s), tuple(v * scale for v in series.values))
 
 
 def _replay_start(start_s: float, replay_from: datetime | None, series: data.TimeSeries) -> float:

@@ -22,7 +22,12 @@ EXIT_DATA = 3
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from drivers.modbus.registry import check_devices
+
     loaded = load_config(args.file)
+    driver_issues = check_devices(loaded.config)
+    if driver_issues:
+        raise ConfigError(driver_issues, args.file)
     site = compile_site(loaded.config)
     for warning in loaded.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -36,6 +41,7 @@ def _check_config(args: argparse.Namespace) -> int:
         "dc_connectors": sum(1 for c in site.connectors if c.dc),
         "meters": len(site.config.meters),
         "batteries": len(site.batteries),
+        "devices": len(loaded.config.devices),
         "warnings": [str(w) for w in loaded.warnings],
     }
     if args.json:
@@ -81,6 +87,19 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if (args.scenario is None) == (args.config is None):
+        print("error: give exactly one of --scenario (in-process plant) or --config (field devices)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.config is not None:
+        from plaza_ems.fieldrun import run_field
+
+        return run_field(
+            config_path=args.config,
+            duration_s=args.duration,
+            state_dir=Path(args.state_dir),
+            stats_json=Path(args.stats_json) if args.stats_json else None,
+            status_every_s=args.status_every,
+        )
     from plaza_ems.realtime import run_realtime
 
     return run_realtime(
@@ -90,6 +109,40 @@ def _run(args: argparse.Namespace) -> int:
         stats_json=Path(args.stats_json) if args.stats_json else None,
         status_every_s=args.status_every,
     )
+
+
+def _hil(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from hil.scenario import load_scenario
+    from plaza_ems.hilrun import HilPlaza
+
+    scenario = load_scenario(args.scenario)
+    if not scenario.site.devices:
+        print(f"error: {args.scenario}: its site file has no devices section to serve", file=sys.stderr)
+        return EXIT_INVALID
+
+    async def serve() -> None:
+        plaza = HilPlaza(scenario)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await plaza.start()
+        if args.ready_file:
+            Path(args.ready_file).write_text("ready\n", encoding="utf-8")  # noqa: ASYNC240 - once, tiny
+        try:
+            await plaza.run(stop, args.duration)
+        finally:
+            await plaza.stop()
+
+    try:
+        asyncio.run(serve())
+    except OSError as err:
+        print(f"error: cannot serve the simulated devices: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
 
 
 def _reset_latch(args: argparse.Namespace) -> int:
@@ -131,13 +184,22 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--json", action="store_true")
     scan.set_defaults(func=_bench)
 
-    run = sub.add_parser("run", help="run the controller in real time against a simulated plaza")
-    run.add_argument("--scenario", required=True)
+    run = sub.add_parser(
+        "run", help="run the controller in real time: field devices (--config) or an in-process plaza (--scenario)"
+    )
+    run.add_argument("--config", default=None, help="site file whose devices section names the field devices")
+    run.add_argument("--scenario", default=None, help="scenario whose plant runs in-process (no wire)")
     run.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     run.add_argument("--state-dir", default="var/plaza-ems", help="where operator commands are read from")
     run.add_argument("--stats-json", default=None, help="write cycle statistics to this file every 10 s and at exit")
     run.add_argument("--status-every", type=float, default=10.0, help="seconds between status lines")
     run.set_defaults(func=_run)
+
+    hil = sub.add_parser("hil", help="serve a scenario's simulated plaza over Modbus TCP on its devices' ports")
+    hil.add_argument("scenario")
+    hil.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    hil.add_argument("--ready-file", default=None, help="write this file once every device is listening")
+    hil.set_defaults(func=_hil)
 
     reset = sub.add_parser("reset-latch", help="release a latched interlock (logged, needs an operator name)")
     reset.add_argument("latch", choices=("fire", "emergency_stop"))
@@ -157,6 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # The drivers report every device failure once, with device and register; pymodbus' own
+    # per-request lines would repeat them every cycle.
+    logging.getLogger("pymodbus").setLevel(logging.DEBUG if args.verbose else logging.CRITICAL)
     try:
         code: int = args.func(args)
     except (ConfigError, ScenarioError) as err:

@@ -38,6 +38,7 @@ from hil.data import TimeSeries
 from hil.plant import BatterySim, ChargerSim, Ev, EvSpec, Plant
 from hil.scenario import (
     ChargerSilent,
+    DeviceFault,
     DsoStage,
     FireAlarm,
     IoSilent,
@@ -136,11 +137,27 @@ class Simulation:
             self.faults.silent_contacts[event.contact] = t_rel + event.duration_s
         elif isinstance(event, ChargerSilent):
             self.faults.silent_chargers[event.connector] = t_rel + event.duration_s
+        elif isinstance(event, DeviceFault):
+            self._device_fault(event, t_rel)
         elif isinstance(event, DsoStage):
             if event.pct < self.dso_pct:
                 for node in self.site.nodes:
                     self._window(node.id, t_rel, period)
             self.dso_pct = event.pct
+
+    def _device_fault(self, event: DeviceFault, t_rel: float) -> None:
+        """Without a wire, a device fault is what the controller would see: its values missing (or NaN)."""
+        if event.fault == "slow":
+            return
+        until = t_rel + event.duration_s
+        device = next(d for d in self.scenario.site.devices if d.id == event.device)
+        if device.meter is not None:
+            table = self.faults.nan_meters if event.fault == "garbage" else self.faults.silent_meters
+            table[device.meter] = until
+        for connector in device.connectors:
+            self.faults.silent_chargers[connector] = until
+        for contact in device.contacts:
+            self.faults.silent_contacts[contact] = until
 
     def _window(self, node_id: str, t_rel: float, period: float) -> None:
         index = self.site.node_index[node_id]
@@ -297,9 +314,7 @@ class Simulation:
                 if excess > 0.0:
                     overload_s[node_id] += period
                     over_any = True
-                if excess > max_overload_a and k > 0 and not any(
-                    a <= t_after <= b for a, b in self.windows[node_id]
-                ):
+                if excess > max_overload_a and k > 0 and not any(a <= t_after <= b for a, b in self.windows[node_id]):
                     max_overload_a = excess
             if over_any:
                 any_overload_s += period

@@ -69,6 +69,7 @@ def test_check_config_json(capsys: pytest.CaptureFixture[str]) -> None:
         "dc_connectors",
         "meters",
         "batteries",
+        "devices",
         "warnings",
     }
     assert summary["site"] == "plaza-40"
@@ -507,3 +508,15 @@ def test_reset_latch_refuses_a_blank_operator(capsys: pytest.CaptureFixture[str]
     code = main(["reset-latch", "fire", "--operator", "  ", "--state-dir", str(tmp_path)])
     capsys.readouterr()
     assert code != 0
+
+
+def test_check_config_reports_driver_problems_by_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = (ROOT / "examples" / "sites" / "hil-small.site.yaml").read_text(encoding="utf-8")
+    text = text.replace("driver: alfen_ng9xx, port: 15031", "driver: alfen_ng9000, port: 15031")
+    text = text.replace("options: {validity_s: 30}}\n  - id: io", "options: {validity_s: -1}}\n  - id: io")
+    site = tmp_path / "site.yaml"
+    site.write_text(text, encoding="utf-8")
+    assert main(["check-config", str(site)]) == 1
+    err = capsys.readouterr().err
+    assert "devices[2].driver: unknown driver 'alfen_ng9000'" in err
+    assert "devices[3].options.validity_s: must be a number in 1..3600" in err

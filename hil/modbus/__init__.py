@@ -1,0 +1,1 @@
+"""Simulated Modbus TCP devices for the HIL plaza."""

@@ -1,0 +1,134 @@
+"""``plaza-ems hil``: the simulated plaza in real time, every device answering over Modbus TCP.
+
+The plant model of ``plaza-ems sim`` (EVs, chargers, battery, PV, building load, contacts, DSO stage)
+advances with the wall clock from the scenario's start; each device of the site file's ``devices``
+section is served on its host:port by the simulator for its driver, from the same register maps the
+drivers read. Scenario faults act on the wire: ``meter_silent``/``io_silent``/``charger_silent`` make
+the serving device silent, ``meter_nan`` makes it answer garbage, ``device_fault`` injects silence,
+exception responses, slow answers, garbage or dropped connections into one device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from hil.modbus.devices import SIM_DEVICES, SimContext
+from hil.modbus.server import EndpointServer, Fault, FaultKind, SimulatedDevice
+from hil.scenario import ChargerSilent, DeviceFault, IoSilent, MeterFault, Scenario
+from plaza_ems.simulate import Simulation
+
+log = logging.getLogger("plaza_ems.hil")
+
+TICK_S = 0.1
+
+
+class HilSimulation(Simulation):
+    """The scenario's plant and timeline, with faults routed to the simulated devices."""
+
+    def __init__(self, scenario: Scenario, now: Callable[[], float]) -> None:
+        super().__init__(scenario)
+        self.now = now
+        self.devices: dict[str, SimulatedDevice] = {}
+
+    def _apply_event(self, event: Any, t_rel: float, t: float) -> None:
+        super()._apply_event(event, t_rel, t)
+        until = t + getattr(event, "duration_s", 0.0)
+        site = self.scenario.site
+        if isinstance(event, DeviceFault):
+            fault = Fault(event.fault, until, event.exception_code, event.delay_ms / 1000.0)
+            self._fault([event.device], fault)
+        elif isinstance(event, MeterFault):
+            kind: FaultKind = "silent" if event.type == "meter_silent" else "garbage"
+            self._fault([d.id for d in site.devices if d.meter == event.meter], Fault(kind, until))
+        elif isinstance(event, IoSilent):
+            self._fault([d.id for d in site.devices if event.contact in d.contacts], Fault("silent", until))
+        elif isinstance(event, ChargerSilent):
+            self._fault([d.id for d in site.devices if event.connector in d.connectors], Fault("silent", until))
+
+    def _fault(self, device_ids: list[str], fault: Fault) -> None:
+        for device_id in device_ids:
+            device = self.devices.get(device_id)
+            if device is not None:
+                device.fault = fault
+                log.warning("fault injected: %s %s for %.0f s", device_id, fault.kind, fault.until_s - self.now())
+
+
+class HilPlaza:
+    """The plant, its timeline and one Modbus TCP server per endpoint of the site file."""
+
+    def __init__(self, scenario: Scenario, clock: Callable[[], float] | None = None) -> None:
+        self.scenario = scenario
+        offset = scenario.start_s - time.time()
+        self.clock = clock or (lambda: time.time() + offset)
+        self.simulation = HilSimulation(scenario, self.clock)
+        site = scenario.site
+        endpoints: dict[tuple[str, int], dict[int, SimulatedDevice]] = defaultdict(dict)
+        for device_config in site.devices:
+            factory = SIM_DEVICES.get(device_config.driver)
+            if factory is None:
+                raise ValueError(f"devices: no simulator for driver '{device_config.driver}' ({device_config.id})")
+            ctx = SimContext(site, device_config, self.simulation.plant, self.simulation, self.clock)
+            device = factory(ctx)
+            self.simulation.devices[device_config.id] = device
+            for unit in device.image.unit_ids:
+                endpoint = endpoints[(device_config.host, device_config.port)]
+                if unit in endpoint:
+                    raise ValueError(
+                        f"devices: {device_config.id} and {endpoint[unit].name} both answer unit {unit} "
+                        f"on {device_config.host}:{device_config.port}"
+                    )
+                endpoint[unit] = device
+        self.servers = [EndpointServer(host, port, units) for (host, port), units in endpoints.items()]
+        self._last_t: float | None = None
+
+    @property
+    def devices(self) -> dict[str, SimulatedDevice]:
+        return self.simulation.devices
+
+    def tick(self) -> None:
+        """Advance the plant to now, play the timeline and refresh every register image."""
+        sim = self.simulation
+        t = self.clock()
+        if self._last_t is not None and t > self._last_t:
+            sim.plant.step(self._last_t, t - self._last_t)
+        self._last_t = t
+        sim.inputs(t - self.scenario.start_s, t)
+        for device in self.devices.values():
+            device.update(t)
+        for server in self.servers:
+            if any(
+                d.active_fault() is not None and d.fault is not None and d.fault.kind == "drop"
+                for d in server.units.values()
+            ):
+                server.drop_connections()
+
+    async def start(self) -> None:
+        self.tick()
+        for server in self.servers:
+            await server.start()
+        log.info(
+            "HIL plaza '%s': %d devices on %s",
+            self.scenario.name,
+            len(self.devices),
+            ", ".join(f"{s.host}:{s.port}" for s in self.servers),
+        )
+
+    async def run(self, stop: asyncio.Event, duration_s: float | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + duration_s if duration_s is not None else None
+        next_tick = loop.time()
+        while not stop.is_set() and (end is None or loop.time() < end):
+            self.tick()
+            next_tick += TICK_S
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=max(0.0, next_tick - loop.time()))
+
+    async def stop(self) -> None:
+        for server in self.servers:
+            await server.stop()
