@@ -18,8 +18,8 @@ from dataclasses import replace
 from controller.config import ConnectorConfig
 from controller.image import ConnectorReading, InputSnapshot
 from controller.program import CycleOutput
-from drivers.modbus.device import Endpoint, ModbusDevice
-from drivers.modbus.maps.alfen_ng9xx import STATION_MAP, socket_map
+from drivers.modbus.device import ChargerTraits, Endpoint, ModbusDevice
+from drivers.modbus.maps.alfen_ng9xx import SOCKET_BEHAVIOUR, STATION_MAP, socket_map
 from drivers.modbus.registers import RegisterMap, Value
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,18 @@ class AlfenDevice(ModbusDevice):
         self._session_start_wh: dict[str, float] = {}
         self._fallback_reported: set[str] = set()
         self.fallback_active: dict[str, bool] = {c.id: False for c in connectors}
+
+    def charger_traits(self) -> Mapping[str, ChargerTraits]:
+        behaviour = SOCKET_BEHAVIOUR
+        traits = ChargerTraits(
+            min_current_a=behaviour.min_current_a,
+            zero_pauses=behaviour.zero_pauses,
+            pause_power_w=None,
+            phase_switching=behaviour.phase_switching,
+            fallback_current_a=None,  # configured on the charger; read back from 1212 while running
+            watchdog_s=self.validity_s,
+        )
+        return dict.fromkeys((c.id for c in self.connectors), traits)
 
     def on_connect(self) -> None:
         self._fallback_reported.clear()

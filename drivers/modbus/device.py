@@ -69,6 +69,22 @@ class Endpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class ChargerTraits:
+    """What the controller must know about a charger's own behaviour, as its documents give it."""
+
+    min_current_a: float | None
+    """Smallest non-zero current it accepts (AC); None for DC."""
+    zero_pauses: bool
+    """Writing 0 pauses the session (False: 0 aborts it, see ``pause_power_w``)."""
+    pause_power_w: float | None
+    phase_switching: bool
+    fallback_current_a: float | None
+    """What it applies on its own when the controller stops refreshing it; None if the documents give none."""
+    watchdog_s: float | None
+    """After how long without a refresh it falls back."""
+
+
+@dataclass(frozen=True, slots=True)
 class _Write:
     register: Register
     unit: int
@@ -129,6 +145,10 @@ class ModbusDevice:
     def refresh_s(self, name: str) -> float | None:
         """Rewrite register ``name`` at least this often (its watchdog); None: only on change."""
         return None
+
+    def charger_traits(self) -> Mapping[str, ChargerTraits]:
+        """Per connector id this device serves: the charger's own behaviour (empty if not a charger)."""
+        return {}
 
     def on_connect(self) -> None:
         """Hook for adapters that must forget session bookkeeping when the link restarts."""

@@ -129,12 +129,44 @@ def _build_all(site: SiteConfig) -> tuple[list[ModbusDevice], list[ConfigIssue]]
             issues.append(ConfigIssue(f"{path}.driver", f"unknown driver '{device.driver}' (known: {known})"))
             continue
         try:
-            devices.append(factory(_context(site, device)))
+            built = factory(_context(site, device))
+            issues += _check_traits(built, site, path)
+            devices.append(built)
         except DriverConfigError as err:
             issues.append(ConfigIssue(f"{path}.{err.field}", err.message))
         except ValueError as err:
             issues.append(ConfigIssue(path, str(err)))
     return devices, issues
+
+
+def _check_traits(device: ModbusDevice, site: SiteConfig, path: str) -> list[ConfigIssue]:
+    """The connector settings the controller relies on must not contradict the charger's own behaviour."""
+    by_id = {c.id: c for item in walk_tree(site.tree) for c in item.node.connectors}
+    issues: list[ConfigIssue] = []
+    for conn_id, traits in device.charger_traits().items():
+        conn = by_id[conn_id]
+        where = f"{path}.connectors ({conn_id})"
+        if conn.zero_pauses and not traits.zero_pauses:
+            issues.append(
+                ConfigIssue(where, "this charger ends the session at 0 instead of pausing it: set zero_pauses: false")
+            )
+        if conn.phase_switching and not traits.phase_switching:
+            issues.append(ConfigIssue(where, "this charger cannot switch phases: set phase_switching: false"))
+        if traits.min_current_a is not None and conn.type == "ac" and conn.min_current_a < traits.min_current_a:
+            issues.append(
+                ConfigIssue(
+                    where, f"min_current_a {conn.min_current_a:g} A is below the charger's {traits.min_current_a:g} A"
+                )
+            )
+        if traits.fallback_current_a is not None and conn.fallback_current_a < traits.fallback_current_a:
+            issues.append(
+                ConfigIssue(
+                    where,
+                    f"fallback_current_a {conn.fallback_current_a:g} A is below the {traits.fallback_current_a:g} A "
+                    "the charger applies on its own; a silent charger would be underestimated",
+                )
+            )
+    return issues
 
 
 def check_devices(site: SiteConfig) -> list[ConfigIssue]:
