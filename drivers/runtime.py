@@ -28,6 +28,9 @@ from controller.program import CycleOutput
 log = logging.getLogger(__name__)
 
 
+CONNECT_TIMEOUT_MIN_S = 2.0
+
+
 class DeviceError(Exception):
     """A device-level failure (exception response, garbage, connection lost) with a clear reason."""
 
@@ -136,7 +139,9 @@ class DeviceRunner:
 
     async def _connect(self, stop: asyncio.Event) -> bool:
         try:
-            async with asyncio.timeout(self.timeout_s):
+            # A connect may take several requests (SunSpec discovery) and is off the cycle's critical
+            # path: the device is unavailable until it succeeds anyway.
+            async with asyncio.timeout(max(CONNECT_TIMEOUT_MIN_S, 10 * self.timeout_s)):
                 await self.device.connect()
         except (DeviceError, OSError, TimeoutError) as err:
             self._failed(f"connect: {_reason(err)}")

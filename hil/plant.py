@@ -197,9 +197,14 @@ class LoadSim:
     generator: bool
     extra_w: float = 0.0
     power_w: float = 0.0
+    cap_w: float | None = None
+    """Generators: the most the inverter lets through (its curtailment), None = no limit."""
 
     def step(self, t: float) -> None:
-        self.power_w = max(0.0, self.profile_w(t) + self.extra_w)
+        power_w = max(0.0, self.profile_w(t) + self.extra_w)
+        if self.generator and self.cap_w is not None:
+            power_w = min(power_w, self.cap_w)
+        self.power_w = power_w
 
 
 class Plant:

@@ -101,16 +101,22 @@ class ModbusDevice:
     ) -> None:
         self.name = name
         self.endpoint = endpoint
-        self.maps = tuple(maps)
         self.values: dict[str, Value | None] = {}
+        self._written: dict[str, tuple[Value, float]] = {}
+        self._client: AsyncModbusTcpClient | None = None
+        self.use_maps(maps, fast)
+
+    def use_maps(self, maps: Iterable[RegisterMap], fast: Iterable[str] | None = None) -> None:
+        """Poll and write these maps from now on (at construction, or once discovery found the models)."""
+        self.maps = tuple(maps)
         self._unit_of: dict[str, int] = {}
         self._registers: dict[str, Register] = {}
         self._single_write: dict[str, bool] = {}
         for register_map in self.maps:
             for register in register_map.registers:
                 unit = register_map.unit_of(register)
-                if endpoint.unit_id is not None and register.unit_id is None:
-                    unit = endpoint.unit_id
+                if self.endpoint.unit_id is not None and register.unit_id is None:
+                    unit = self.endpoint.unit_id
                 self._unit_of[register.name] = unit
                 self._registers[register.name] = register
                 self._single_write[register.name] = register_map.behaviour.single_register_write
@@ -118,8 +124,6 @@ class ModbusDevice:
         self._fast = self._plan(r for n, r in self._registers.items() if n in fast_names)
         self._slow = self._plan(r for n, r in self._registers.items() if n not in fast_names)
         self._next_slow = -math.inf
-        self._written: dict[str, tuple[Value, float]] = {}
-        self._client: AsyncModbusTcpClient | None = None
 
     def _plan(self, registers: Iterable[Register]) -> list[tuple[int, ReadBlock]]:
         limit = min(m.behaviour.max_registers_per_read for m in self.maps)

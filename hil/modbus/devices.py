@@ -18,7 +18,10 @@ from typing import Protocol
 from controller.config import DeviceConfig, SiteConfig
 from drivers.modbus.maps import alfen_ng9xx, digital_io, eastron_sdm630, janitza_umg604
 from drivers.modbus.registers import RegisterMap, Table, Value, encode
+from hil.modbus.battery import SimSmaStorage, SimSunSpecStorage
+from hil.modbus.chargers import SimAbbTerraAc, SimAlpitronic, SimCharx
 from hil.modbus.image import WriteRejected
+from hil.modbus.pv import SimSunSpecPv
 from hil.modbus.server import SimulatedDevice
 from hil.plant import Plant
 
@@ -197,4 +200,10 @@ SIM_DEVICES: Mapping[str, SimFactory] = {
     "janitza_umg604": lambda ctx: SimMeter(ctx, janitza_umg604.MAP),
     "alfen_ng9xx": SimAlfen,
     "digital_io": SimIoModule,
+    "abb_terra_ac": SimAbbTerraAc,
+    "phoenix_charx": SimCharx,
+    "alpitronic_hyc": SimAlpitronic,
+    "sunspec_pv": SimSunSpecPv,
+    "sma_storage": SimSmaStorage,
+    "sunspec_storage": SimSunSpecStorage,
 }
