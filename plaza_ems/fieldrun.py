@@ -14,19 +14,18 @@ import asyncio
 import json
 import logging
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
 from controller.config import load_config
 from controller.image import InputSnapshot
-from controller.interlocks import SiteMode
 from controller.program import ControlProgram, CycleOutput
 from controller.scan import CycleStats, ScanLoop, SystemClock
 from controller.site import compile_site
 from drivers.modbus.registry import build_devices
 from drivers.runtime import DeviceRunner
 from plaza_ems.inbox import CommandInbox
+from plaza_ems.status import CyclePublisher
 
 log = logging.getLogger("plaza_ems.run")
 
@@ -49,45 +48,21 @@ class FieldLink:
             runner.hand_over(output)
 
 
-class FieldPublisher:
-    """Logs interlock events and mode changes at once, a status line every ``every_s``, stats to a file."""
+class FieldPublisher(CyclePublisher):
+    """The status line and the statistics name the devices: how many answer, and each one's record."""
 
     def __init__(self, runners: list[DeviceRunner], every_s: float, stats_json: Path | None) -> None:
+        super().__init__(every_s, stats_json)
         self.runners = runners
-        self.every_s = every_s
-        self.stats_json = stats_json
-        self._next_status = 0.0
-        self._next_stats = 0.0
-        self._mode = ""
 
-    def publish(self, output: CycleOutput, stats: CycleStats) -> None:
-        for event in output.events:
-            level = logging.WARNING if event.kind == "tripped" else logging.INFO
-            log.log(level, "interlock %s %s: %s", event.latch, event.kind, event.detail)
-        if output.mode.value != self._mode:
-            level = logging.INFO if output.mode is SiteMode.NORMAL else logging.WARNING
-            log.log(level, "site mode is now %s", output.mode.value)
-            self._mode = output.mode.value
-        now = time.monotonic()
-        if now >= self._next_status:
-            self._next_status = now + self.every_s
-            available = sum(1 for r in self.runners if r.status.available)
-            charging = sum(1 for s in output.setpoints if not s.paused)
-            summary = stats.summary()
-            log.info(
-                "mode=%s charging=%d/%d devices=%d/%d dso=%.0f%% cycle p99=%.2f ms overruns=%d",
-                output.mode.value,
-                charging,
-                len(output.setpoints),
-                available,
-                len(self.runners),
-                output.dso_pct,
-                summary["cycle_p99_ms"],
-                stats.overruns,
-            )
-        if self.stats_json is not None and now >= self._next_stats:
-            self._next_stats = now + 10.0
-            self.write_stats(stats)
+    def log_status(self, output: CycleOutput, stats: CycleStats) -> None:
+        available = sum(1 for r in self.runners if r.status.available)
+        charging = sum(1 for s in output.setpoints if not s.paused)
+        log.info(
+            "mode=%s charging=%d/%d devices=%d/%d dso=%.0f%% cycle p99=%.2f ms overruns=%d",
+            output.mode.value, charging, len(output.setpoints), available, len(self.runners),
+            output.dso_pct, stats.summary()["cycle_p99_ms"], stats.overruns,
+        )
 
     def report(self, stats: CycleStats) -> dict[str, Any]:
         return {
@@ -102,13 +77,6 @@ class FieldPublisher:
                 for r in self.runners
             },
         }
-
-    def write_stats(self, stats: CycleStats) -> None:
-        if self.stats_json is not None:
-            self.stats_json.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.stats_json.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.report(stats)) + "\n", encoding="utf-8")
-            tmp.replace(self.stats_json)
 
 
 async def run_field_async(

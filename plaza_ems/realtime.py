@@ -16,12 +16,12 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from controller.interlocks import SiteMode
 from controller.program import CycleOutput
 from controller.scan import CycleStats, ScanLoop, SystemClock
 from hil.scenario import load_scenario
 from plaza_ems.inbox import CommandInbox
 from plaza_ems.simulate import Simulation
+from plaza_ems.status import CyclePublisher
 
 log = logging.getLogger("plaza_ems.run")
 
@@ -58,45 +58,23 @@ class PlantLink:
         self.simulation.apply_outputs(output, output.t - self.simulation.scenario.start_s, output.t)
 
 
-class StatusPublisher:
-    """Logs interlock events at once, a status line every ``every_s``, and cycle statistics to a file."""
+class StatusPublisher(CyclePublisher):
+    """The status line shows the plant's connection currents and import, which only a simulation knows."""
 
     def __init__(self, simulation: Simulation, every_s: float, stats_json: Path | None) -> None:
+        super().__init__(every_s, stats_json)
         self.simulation = simulation
-        self.every_s = every_s
-        self.stats_json = stats_json
-        self._next_status = 0.0
-        self._next_stats = 0.0
-        self._mode = ""
 
-    def publish(self, output: CycleOutput, stats: CycleStats) -> None:
-        for event in output.events:
-            level = logging.WARNING if event.kind == "tripped" else logging.INFO
-            log.log(level, "interlock %s %s: %s", event.latch, event.kind, event.detail)
-        if output.mode.value != self._mode:
-            level = logging.INFO if output.mode is SiteMode.NORMAL else logging.WARNING
-            log.log(level, "site mode is now %s", output.mode.value)
-            self._mode = output.mode.value
-        now = time.monotonic()
-        if now >= self._next_status:
-            self._next_status = now + self.every_s
-            plant = self.simulation.plant
-            root = self.simulation.site.nodes[0].id
-            charging = sum(1 for s in output.setpoints if not s.paused)
-            currents = ", ".join(f"{a:.1f}" for a in plant.node_current_a[root])
-            log.info(
-                "mode=%s charging=%d/%d %s=[%s] A import=%.1f kW dso=%.0f%% cycle p99=%.2f ms overruns=%d",
-                output.mode.value, charging, len(output.setpoints), root, currents,
-                plant.node_power_w[root] / 1000.0, output.dso_pct, stats.summary()["logic_p99_ms"], stats.overruns,
-            )
-        if self.stats_json is not None and now >= self._next_stats:
-            self._next_stats = now + 10.0
-            self.write_stats(stats)
-
-    def write_stats(self, stats: CycleStats) -> None:
-        if self.stats_json is not None:
-            self.stats_json.parent.mkdir(parents=True, exist_ok=True)
-            self.stats_json.write_text(json.dumps(stats.summary()) + "\n", encoding="utf-8")
+    def log_status(self, output: CycleOutput, stats: CycleStats) -> None:
+        plant = self.simulation.plant
+        root = self.simulation.site.nodes[0].id
+        charging = sum(1 for s in output.setpoints if not s.paused)
+        currents = ", ".join(f"{a:.1f}" for a in plant.node_current_a[root])
+        log.info(
+            "mode=%s charging=%d/%d %s=[%s] A import=%.1f kW dso=%.0f%% cycle p99=%.2f ms overruns=%d",
+            output.mode.value, charging, len(output.setpoints), root, currents,
+            plant.node_power_w[root] / 1000.0, output.dso_pct, stats.summary()["logic_p99_ms"], stats.overruns,
+        )
 
 
 def run_realtime(

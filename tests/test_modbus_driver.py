@@ -1,6 +1,6 @@
 """The Modbus client driver against simulated devices over loopback TCP: decoding, bad input, faults.
 
-Each test starts ``EndpointServer``s on 127.0.0.1:151xx in its own event loop and drives the adapters
+Each test starts ``EndpointServer``s on 127.0.0.1:153xx in its own event loop and drives the adapters
 (or the device runtime) directly; every test is bounded to a few seconds.
 """
 
@@ -32,7 +32,7 @@ from hil.plant import Plant
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE = ROOT / "examples" / "sites" / "hil-small.site.yaml"
-PORT = 15100
+PORT = 15300
 
 
 class _State:

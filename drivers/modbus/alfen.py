@@ -13,14 +13,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 
 from controller.config import ConnectorConfig
 from controller.image import ConnectorReading, InputSnapshot
 from controller.program import CycleOutput
+from drivers.modbus.chargers import SessionEnergy, prefixed
 from drivers.modbus.device import ChargerTraits, Endpoint, ModbusDevice
 from drivers.modbus.maps.alfen_ng9xx import SOCKET_BEHAVIOUR, STATION_MAP, socket_map
-from drivers.modbus.registers import RegisterMap, Value
+from drivers.modbus.registers import Value
 
 log = logging.getLogger(__name__)
 
@@ -36,25 +36,18 @@ FAST = (
 )
 
 
-def _prefixed(register_map: RegisterMap, socket: int) -> RegisterMap:
-    """Both sockets use the same register names; prefix them so one device can hold both."""
-    return replace(
-        register_map, registers=tuple(replace(r, name=f"s{socket}_{r.name}") for r in register_map.registers)
-    )
-
-
 class AlfenDevice(ModbusDevice):
     slow_every_s = 10.0
 
     def __init__(
         self, name: str, endpoint: Endpoint, connectors: Sequence[ConnectorConfig], *, validity_s: float
     ) -> None:
-        maps = [_prefixed(socket_map(i + 1), i + 1) for i in range(len(connectors))]
+        maps = [prefixed(socket_map(i + 1), f"s{i + 1}_") for i in range(len(connectors))]
         fast = [f"s{i + 1}_{n}" for i in range(len(connectors)) for n in FAST]
         super().__init__(name, endpoint, [*maps, STATION_MAP], fast=fast)
         self.connectors = tuple(connectors)
         self.validity_s = validity_s
-        self._session_start_wh: dict[str, float] = {}
+        self.energy = SessionEnergy()
         self._fallback_reported: set[str] = set()
         self.fallback_active: dict[str, bool] = {c.id: False for c in connectors}
 
@@ -79,15 +72,11 @@ class AlfenDevice(ModbusDevice):
             n = self.number
             state = self.values.get(p + "mode3_state")
             letter = state if isinstance(state, str) and state else "F"
-            energy_wh = n(p + "energy_delivered_wh")
-            if letter.startswith("A") or conn.id not in self._session_start_wh:
-                self._session_start_wh[conn.id] = energy_wh
-            session_wh = energy_wh - self._session_start_wh[conn.id]
             snapshot.connectors[conn.id] = ConnectorReading(
                 letter,
                 (n(p + "current_l1_a"), n(p + "current_l2_a"), n(p + "current_l3_a")),
                 n(p + "power_w"),
-                session_wh if math.isfinite(session_wh) else 0.0,
+                self.energy.session_wh(conn.id, letter, n(p + "energy_delivered_wh")),
                 None,
                 now,
             )
