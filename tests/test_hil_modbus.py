@@ -20,7 +20,9 @@ import pytest
 import yaml
 from pymodbus.client import AsyncModbusTcpClient
 
+from hil.modbus.battery import SimSmaStorage
 from hil.modbus.devices import SimAlfen
+from hil.modbus.pv import SimSunSpecPv
 from hil.scenario import load_scenario
 from plaza_ems.hilrun import HilPlaza
 
@@ -350,3 +352,80 @@ def test_raw_registers_match_the_documents(tmp_path: Path) -> None:
     started = time.monotonic()
     asyncio.run(main())
     assert time.monotonic() - started < 30
+
+
+PLAZA_40 = ROOT / "examples" / "sites" / "hil-plaza-40.site.yaml"
+
+
+def short_timers_site(tmp_path: Path) -> Path:
+    """The 40-charger plaza with every device's own fallback time cut to 3 s (tests must be short)."""
+    text = PLAZA_40.read_text(encoding="utf-8")
+    text = text.replace("options: {validity_s: 60}", "options: {validity_s: 3}")
+    text = text.replace("driver: abb_terra_ac, port:", "options: {comm_timeout_s: 3}, driver: abb_terra_ac, port:")
+    text = text.replace("options: {fallback_power_kw: 50}", "options: {fallback_power_kw: 50, fallback_after_s: 3}")
+    text = text.replace("battery: bess}", "battery: bess, options: {watchdog_s: 3}}")
+    text = text.replace("pv: pv-roof}", "pv: pv-roof, options: {revert_s: 3}}")
+    site = tmp_path / "plaza-40.site.yaml"
+    site.write_text(text, encoding="utf-8")
+    return site
+
+
+def test_killed_controller_leaves_the_40_charger_plaza_at_every_devices_fallback(tmp_path: Path) -> None:
+    """kill -9 the controller of the 40-charger plaza: each device applies its own fallback within its time.
+
+    Alfen sockets their safe current (6 A), ABB wallboxes stop (0 A), Alpitronic connectors their own
+    power limit (50 kW), the SMA battery leaves external control, the PV inverter lifts its curtailment.
+    """
+    site = short_timers_site(tmp_path)
+    scenario = tmp_path / "plaza-40.scenario.yaml"
+    raw = yaml.safe_load((ROOT / "examples" / "hil" / "plaza-40.scenario.yaml").read_text(encoding="utf-8"))
+    raw["site"] = str(site)
+    for session in raw["evs"]["sessions"]:
+        session["arrive_s"] = 0
+    raw["loads"]["pv-roof"] = {"constant_kw": 60}
+    raw["events"] = [{"at_s": 1, "type": "dso_stage", "pct": 60}]
+    scenario.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    timer_s = 3.0
+    reached: dict[str, float] = {}
+    before: dict[str, object] = {}
+
+    async def kill_and_watch(plaza: HilPlaza, process: asyncio.subprocess.Process) -> None:
+        plant = plaza.simulation.plant
+        sma, inverter = plaza.devices["sma"], plaza.devices["inverter"]
+        assert isinstance(sma, SimSmaStorage)
+        assert isinstance(inverter, SimSunSpecPv)
+        before["sma_external"] = sma.external
+        before["pv_cap_w"] = plant.loads["pv-roof"].cap_w
+        before["abb_applied_a"] = plant.chargers["abb01-1"].applied_a
+        os.kill(process.pid, signal.SIGKILL)
+        await process.wait()
+        loop = asyncio.get_running_loop()
+        killed = loop.time()
+        while loop.time() - killed < timer_s + 1.5:
+            plaza.tick()
+            elapsed = loop.time() - killed
+            for conn, charger in plant.chargers.items():
+                fallback_a = 6.0 if conn.startswith("cp") else 0.0 if conn.startswith("abb") else None
+                if conn.startswith("hyc"):
+                    fallback_a = 50_000.0 / (3 * 230.0)
+                if fallback_a is not None and conn not in reached and charger.applied_a == pytest.approx(fallback_a):
+                    reached[conn] = elapsed
+            if "sma" not in reached and not sma.external:
+                reached["sma"] = elapsed
+            if "inverter" not in reached and inverter.reverts >= 1:
+                reached["inverter"] = elapsed
+            await asyncio.sleep(0.05)
+
+    asyncio.run(with_controller(scenario, 10.0, lambda p, t: None, site=site, tmp_path=tmp_path, after=kill_and_watch))
+    assert before["sma_external"] is True, "the battery was under external control"
+    assert before["pv_cap_w"] is not None, "the PV inverter was curtailed to the DSO stage"
+    assert before["abb_applied_a"] != 0.0, "the ABB wallbox was charging"
+    expected = {c for c in ("sma", "inverter")} | {
+        c
+        for c in yaml.safe_load(site.read_text(encoding="utf-8"))["devices"]
+        for c in c.get("connectors", [])
+        if not c.startswith("charx")  # the CHARX documents no fallback: its last limit holds
+    }
+    assert set(reached) == expected
+    # Refreshed every third of the timer, so it runs out at most the timer after the kill (+ tick).
+    assert max(reached.values()) <= timer_s + 0.3

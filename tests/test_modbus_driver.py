@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.config import SiteConfig, load_config
+from controller.config import SiteConfig, load_config, parse_config
 from controller.image import InputSnapshot
 from controller.interlocks import SiteMode
 from controller.program import ConnectorSetpoint, CycleOutput
@@ -24,7 +24,7 @@ from drivers.modbus.device import Endpoint, ModbusDevice
 from drivers.modbus.io import IoModuleDevice
 from drivers.modbus.maps import eastron_sdm630, janitza_umg604
 from drivers.modbus.meters import MeterDevice
-from drivers.modbus.registry import build_devices
+from drivers.modbus.registry import build_devices, check_devices
 from drivers.runtime import Backoff, DeviceError, DeviceRunner
 from hil.modbus.devices import SimAlfen, SimContext, SimIoModule, SimMeter
 from hil.modbus.server import EndpointServer, Fault, SimulatedDevice
@@ -347,3 +347,19 @@ def test_implausible_value_is_refused_with_its_register() -> None:
         await driver.close()
 
     serve({1: sim}, body)
+
+
+def test_a_misspelt_or_contradicting_option_is_a_config_error() -> None:
+    text = SITE.read_text(encoding="utf-8")
+    misspelt = text.replace("options: {validity_s: 30}}\n  - id: io", "options: {validty_s: 30}}\n  - id: io")
+    issues = check_devices(parse_config(misspelt).config)
+    assert [(i.path, i.message) for i in issues] == [
+        ("devices[3].options.validty_s", "unknown option (known: safe_current_a, validity_s)")
+    ]
+    # The charger's own safe current above what the controller assumes for a silent charger.
+    higher = text.replace(
+        "options: {validity_s: 30}}\n  - id: io", "options: {validity_s: 30, safe_current_a: 10}}\n  - id: io"
+    )
+    issues = check_devices(parse_config(higher).config)
+    assert [i.path for i in issues] == ["devices[3].connectors[0]", "devices[3].connectors[1]"]
+    assert "fallback_current_a 6 A is below the 10 A the charger applies on its own" in issues[0].message

@@ -40,13 +40,20 @@ class AlfenDevice(ModbusDevice):
     slow_every_s = 10.0
 
     def __init__(
-        self, name: str, endpoint: Endpoint, connectors: Sequence[ConnectorConfig], *, validity_s: float
+        self,
+        name: str,
+        endpoint: Endpoint,
+        connectors: Sequence[ConnectorConfig],
+        *,
+        validity_s: float,
+        safe_current_a: float | None = None,
     ) -> None:
         maps = [prefixed(socket_map(i + 1), f"s{i + 1}_") for i in range(len(connectors))]
         fast = [f"s{i + 1}_{n}" for i in range(len(connectors)) for n in FAST]
         super().__init__(name, endpoint, [*maps, STATION_MAP], fast=fast)
         self.connectors = tuple(connectors)
         self.validity_s = validity_s
+        self.safe_current_a = safe_current_a
         self.energy = SessionEnergy()
         self._fallback_reported: set[str] = set()
         self.fallback_active: dict[str, bool] = {c.id: False for c in connectors}
@@ -58,7 +65,8 @@ class AlfenDevice(ModbusDevice):
             zero_pauses=behaviour.zero_pauses,
             pause_power_w=None,
             phase_switching=behaviour.phase_switching,
-            fallback_current_a=None,  # configured on the charger; read back from 1212 while running
+            # Set on the charger; the site file may state it (checked at start-up), 1212 reads it back.
+            fallback_current_a=self.safe_current_a,
             watchdog_s=self.validity_s,
         )
         return dict.fromkeys((c.id for c in self.connectors), traits)

@@ -86,8 +86,9 @@ def _alfen(ctx: BuildContext) -> ModbusDevice:
     ctx.only("connectors")
     ctx.require("connectors", 1 <= len(ctx.device.connectors) <= 2, "one or two connectors (socket 1, socket 2)")
     validity_s = ctx.option("validity_s", 60.0, 1.0, 3600.0)
+    safe_current_a = ctx.option("safe_current_a", 6.0, 0.0, 80.0) if "safe_current_a" in ctx.device.options else None
     connectors = _charger_connectors(ctx, "an Alfen NG9xx socket", "ac")
-    return AlfenDevice(ctx.device.id, ctx.endpoint, connectors, validity_s=validity_s)
+    return AlfenDevice(ctx.device.id, ctx.endpoint, connectors, validity_s=validity_s, safe_current_a=safe_current_a)
 
 
 def _charger_connectors(ctx: BuildContext, device: str, kind: str) -> list[ConnectorConfig]:
@@ -224,6 +225,19 @@ DRIVERS: dict[str, Factory] = {
     "sunspec_storage": _sunspec_storage,
 }
 
+OPTIONS: dict[str, frozenset[str]] = {
+    "alfen_ng9xx": frozenset({"validity_s", "safe_current_a"}),
+    "digital_io": frozenset({"table"}),
+    "abb_terra_ac": frozenset({"comm_timeout_s"}),
+    "alpitronic_hyc": frozenset({"fallback_power_kw", "fallback_after_s"}),
+    # base_address and controls_model describe the inverter for the simulator; the driver discovers them.
+    "sunspec_pv": frozenset({"revert_s", "curtail", "base_address", "controls_model"}),
+    "sma_storage": frozenset({"watchdog_s"}),
+    "sunspec_storage": frozenset({"revert_s"}),
+}
+"""Options each driver knows, including settings made on the device itself that the simulator models
+(Alfen safe current, ABB communication timeout, Alpitronic fallback); a misspelt option is an error."""
+
 
 def _context(site: SiteConfig, device: DeviceConfig) -> BuildContext:
     if device.timeout_ms is not None:
@@ -242,6 +256,11 @@ def _build_all(site: SiteConfig) -> tuple[list[ModbusDevice], list[ConfigIssue]]
         if factory is None:
             known = ", ".join(sorted(DRIVERS))
             issues.append(ConfigIssue(f"{path}.driver", f"unknown driver '{device.driver}' (known: {known})"))
+            continue
+        unknown = sorted(set(device.options) - OPTIONS.get(device.driver, frozenset()))
+        if unknown:
+            known = ", ".join(sorted(OPTIONS.get(device.driver, ()))) or "none"
+            issues.append(ConfigIssue(f"{path}.options.{unknown[0]}", f"unknown option (known: {known})"))
             continue
         try:
             built = factory(_context(site, device))
