@@ -88,9 +88,7 @@ class TimeSeries:
             if not (math.isfinite(t) and math.isfinite(v)):
                 raise ValueError(f"TimeSeries: non-finite sample {i}: t={t!r}, value={v!r}")
             if i and t <= self.t_s[i - 1]:
-                raise ValueError(
-                    f"TimeSeries: times not strictly increasing at sample {i}: {self.t_s[i - 1]} >= {t}"
-                )
+                raise ValueError(f"TimeSeries: times not strictly increasing at sample {i}: {self.t_s[i - 1]} >= {t}")
 
     @property
     def start_s(self) -> float:
@@ -238,9 +236,7 @@ def _load_series(
         for row in reader:
             where = _where(path, reader)
             t = _parse_utc_epoch(_field(row, time_column, where), time_column, where)
-            v = _parse_float(
-                _field(row, value_column, where), value_column, where, allow_negative=allow_negative
-            )
+            v = _parse_float(_field(row, value_column, where), value_column, where, allow_negative=allow_negative)
             if max_value is not None and v > max_value:
                 raise DataError(f"{where}: {value_column!r} = {v} exceeds its maximum {max_value}")
             if times and t <= times[-1]:
@@ -335,16 +331,10 @@ def load_acn_sessions_counted(path: Path | None = None) -> tuple[list[AcnSession
             departure = _parse_aware(_field(row, "departure", where), "departure", where)
             est_text = _field(row, "estimated_departure", where)
             estimated = (
-                None
-                if est_text.lower() in _MISSING_TEXT
-                else _parse_aware(est_text, "estimated_departure", where)
+                None if est_text.lower() in _MISSING_TEXT else _parse_aware(est_text, "estimated_departure", where)
             )
-            requested = _parse_energy(
-                _field(row, "requested_energy (kWh)", where), "requested_energy (kWh)", where
-            )
-            delivered = _parse_energy(
-                _field(row, "delivered_energy (kWh)", where), "delivered_energy (kWh)", where
-            )
+            requested = _parse_energy(_field(row, "requested_energy (kWh)", where), "requested_energy (kWh)", where)
+            delivered = _parse_energy(_field(row, "delivered_energy (kWh)", where), "delivered_energy (kWh)", where)
             if requested is None or delivered is None or departure <= arrival:
                 skipped += 1
                 continue
@@ -360,9 +350,7 @@ def load_acn_sessions_counted(path: Path | None = None) -> tuple[list[AcnSession
                 )
             )
     if skipped:
-        _log.warning(
-            "%s: skipped %d implausible session row(s) (departure <= arrival or bad energy)", path, skipped
-        )
+        _log.warning("%s: skipped %d implausible session row(s) (departure <= arrival or bad energy)", path, skipped)
     sessions.sort(key=lambda s: s.arrival)
     return sessions, skipped
 

@@ -256,7 +256,9 @@ class Plant:
             self.loads[pv.id] = LoadSim(pv.id, pv.node, lambda _t: 0.0, generator=True)
         self.device_meter: dict[str, str] = {}
         devices: list[BatteryConfig | BuildingLoadConfig | PvConfig] = [
-            *config.batteries, *config.building_loads, *config.pv
+            *config.batteries,
+            *config.building_loads,
+            *config.pv,
         ]
         for device in devices:
             if device.meter is not None:

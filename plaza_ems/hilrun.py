@@ -18,7 +18,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from hil.modbus.devices import SIM_DEVICES, SimContext
+from hil.modbus.context import SimContext
+from hil.modbus.devices import SIM_DEVICES
 from hil.modbus.server import EndpointServer, Fault, FaultKind, SimulatedDevice
 from hil.scenario import ChargerSilent, DeviceFault, IoSilent, MeterFault, Scenario
 from plaza_ems.simulate import Simulation

@@ -27,7 +27,8 @@ from drivers.modbus.device import ModbusDevice
 from drivers.modbus.registry import build_devices, check_devices
 from drivers.runtime import DeviceError
 from hil.modbus.chargers import SimAbbTerraAc, SimAlpitronic, SimCharx
-from hil.modbus.devices import SIM_DEVICES, SimContext
+from hil.modbus.context import SimContext
+from hil.modbus.devices import SIM_DEVICES
 from hil.modbus.server import EndpointServer, Fault, SimulatedDevice
 from hil.plant import Ev, EvSpec, Plant
 

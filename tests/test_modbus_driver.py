@@ -26,7 +26,8 @@ from drivers.modbus.maps import eastron_sdm630, janitza_umg604
 from drivers.modbus.meters import MeterDevice
 from drivers.modbus.registry import build_devices, check_devices
 from drivers.runtime import Backoff, DeviceError, DeviceRunner
-from hil.modbus.devices import SimAlfen, SimContext, SimIoModule, SimMeter
+from hil.modbus.context import SimContext
+from hil.modbus.devices import SimAlfen, SimIoModule, SimMeter
 from hil.modbus.server import EndpointServer, Fault, SimulatedDevice
 from hil.plant import Plant
 

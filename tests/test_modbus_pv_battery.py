@@ -30,7 +30,8 @@ from drivers.modbus.pv import SunSpecPvDevice
 from drivers.modbus.registry import build_devices, check_devices
 from drivers.runtime import DeviceError
 from hil.modbus.battery import SimSmaStorage, SimSunSpecStorage
-from hil.modbus.devices import SIM_DEVICES, SimContext
+from hil.modbus.context import SimContext
+from hil.modbus.devices import SIM_DEVICES
 from hil.modbus.pv import SimSunSpecPv
 from hil.modbus.server import EndpointServer, SimulatedDevice
 from hil.plant import Plant

@@ -18,16 +18,13 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING
 
 from drivers.modbus.maps import sma_storage, sunspec
 from drivers.modbus.registers import Value
+from hil.modbus.context import SimContext
 from hil.modbus.image import WriteRejected
 from hil.modbus.pv import COMMON_LENGTH, sunspec_chain, write_chain_headers, write_identity, write_inverter
 from hil.modbus.server import SimulatedDevice
-
-if TYPE_CHECKING:  # devices.py imports this module for SIM_DEVICES
-    from hil.modbus.devices import SimContext
 
 log = logging.getLogger(__name__)
 

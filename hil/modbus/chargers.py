@@ -22,19 +22,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from controller.config import ConnectorConfig, walk_tree
 from drivers.modbus.chargers import connector_prefix, prefixed
 from drivers.modbus.maps import abb_terra_ac, alpitronic_hyc, phoenix_charx
 from drivers.modbus.registers import Register, RegisterMap, Table, Value
+from hil.modbus.context import SimContext
 from hil.modbus.image import RegisterImage, WriteRejected
 from hil.modbus.server import SimulatedDevice
 from hil.plant import ChargerSim
-
-if TYPE_CHECKING:
-    # Only for annotations: hil.modbus.devices imports this module to list the simulators.
-    from hil.modbus.devices import SimContext
 
 ABB_MAX_CURRENT_A = 32.0
 """The largest Terra AC (22 kW) charges at 32 A per phase."""

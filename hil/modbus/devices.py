@@ -13,41 +13,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Protocol
 
-from controller.config import DeviceConfig, SiteConfig
 from drivers.modbus.maps import alfen_ng9xx, digital_io, eastron_sdm630, janitza_umg604
 from drivers.modbus.registers import RegisterMap, Table, Value, encode
 from hil.modbus.battery import SimSmaStorage, SimSunSpecStorage
 from hil.modbus.chargers import SimAbbTerraAc, SimAlpitronic, SimCharx
+from hil.modbus.context import SimContext
 from hil.modbus.image import WriteRejected
 from hil.modbus.pv import SimSunSpecPv
 from hil.modbus.server import SimulatedDevice
-from hil.plant import Plant
 
 NOMINAL_FREQUENCY_HZ = 50.0
-
-
-class PlazaState(Protocol):
-    """What the simulated I/O module mirrors: contact positions (True = closed) and the DSO stage."""
-
-    contacts: dict[str, bool]
-    dso_pct: float
-
-
-@dataclass(frozen=True, slots=True)
-class SimContext:
-    site: SiteConfig
-    device: DeviceConfig
-    plant: Plant
-    state: PlazaState
-    now: Callable[[], float]
-
-    def unit(self, register_map: RegisterMap) -> RegisterMap:
-        """The map answering on the configured unit id (registers with their own unit id keep it)."""
-        if self.device.unit_id is None:
-            return register_map
-        return replace(register_map, behaviour=replace(register_map.behaviour, default_unit_id=self.device.unit_id))
 
 
 class SimMeter(SimulatedDevice):

@@ -16,15 +16,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from drivers.modbus.maps import sunspec
 from drivers.modbus.registers import Behaviour, DataType, Register, RegisterMap, Table, Value
+from hil.modbus.context import SimContext
 from hil.modbus.image import RegisterImage, WriteRejected
 from hil.modbus.server import SimulatedDevice
-
-if TYPE_CHECKING:  # devices.py imports this module for SIM_DEVICES
-    from hil.modbus.devices import SimContext
 
 log = logging.getLogger(__name__)
 
