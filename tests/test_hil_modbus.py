@@ -57,6 +57,23 @@ def write_scenario(tmp_path: Path, events: list[dict[str, object]], site: Path =
 Watch = Callable[[HilPlaza, float], None]
 
 
+async def start_controller(
+    site: Path, tmp_path: Path, log_name: str, stats: bool = False
+) -> asyncio.subprocess.Process:
+    """``plaza-ems run --config SITE`` as its own process, its log in ``tmp_path / log_name``."""
+    args = ["run", "--config", str(site), "--state-dir", str(tmp_path / "state")]
+    if stats:
+        args += ["--stats-json", str(tmp_path / "stats.json")]
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "plaza_ems.cli",
+        *args,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=(tmp_path / log_name).open("wb"),
+    )
+
+
 async def with_controller(
     scenario_path: Path,
     seconds: float,
@@ -69,20 +86,7 @@ async def with_controller(
     """Serve the plaza, start the controller on ``site``, call ``watch(plaza, t_rel)`` every tick."""
     plaza = HilPlaza(load_scenario(scenario_path))
     await plaza.start()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "plaza_ems.cli",
-        "run",
-        "--config",
-        str(site),
-        "--state-dir",
-        str(tmp_path / "state"),
-        "--stats-json",
-        str(tmp_path / "stats.json"),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=(tmp_path / "controller.log").open("wb"),
-    )
+    process = await start_controller(site, tmp_path, "controller.log", stats=True)
     try:
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -231,18 +235,7 @@ def test_alfen_left_alone_falls_back_to_its_safe_current_and_is_reported(tmp_pat
         await process.wait()
         await tick_for(plaza, 4.0)
         left_alone_a.append(plaza.simulation.plant.chargers["cp2-1"].applied_a)
-        restarted = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "plaza_ems.cli",
-            "run",
-            "--config",
-            str(site),
-            "--state-dir",
-            str(tmp_path / "state"),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=(tmp_path / "restarted.log").open("wb"),
-        )
+        restarted = await start_controller(site, tmp_path, "restarted.log")
         try:
             await tick_for(plaza, 5.0)
             taken_over_a.append(plaza.simulation.plant.chargers["cp2-1"].applied_a)
