@@ -422,3 +422,37 @@ def test_killed_controller_leaves_the_40_charger_plaza_at_every_devices_fallback
     assert set(reached) == expected
     # Refreshed every third of the timer, so it runs out at most the timer after the kill (+ tick).
     assert max(reached.values()) <= timer_s + 0.3
+
+
+def test_plaza_ems_hil_serves_until_sigterm(tmp_path: Path) -> None:
+    """The ``plaza-ems hil`` command itself: ready file, real answers on the site's ports, clean stop."""
+    ready = tmp_path / "ready"
+    scenario = ROOT / "examples" / "hil" / "spike.scenario.yaml"
+
+    async def main() -> int:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "plaza_ems.cli",
+            "hil",
+            str(scenario),
+            "--ready-file",
+            str(ready),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            async with asyncio.timeout(20):
+                while not ready.exists():  # noqa: ASYNC110 - another process writes it
+                    await asyncio.sleep(0.05)
+            client = AsyncModbusTcpClient("127.0.0.1", port=15040, timeout=1, retries=0)
+            await client.connect()
+            response = await client.read_discrete_inputs(0, count=1, device_id=1)
+            client.close()
+            assert response.bits[0] is True, "the fire contact is closed"
+        finally:
+            os.kill(process.pid, signal.SIGTERM)
+            code = await asyncio.wait_for(process.wait(), 10)
+        return code
+
+    assert asyncio.run(main()) == 0
