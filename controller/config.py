@@ -215,6 +215,26 @@ class DeviceConfig(_Model):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class OcppConfig(_Model):
+    """The controller's OCPP 2.0.1 CSMS endpoint; stations are ``devices`` with driver ``ocpp201``."""
+
+    host: Annotated[str, Field(min_length=1)] = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 9000
+    security_profile: Literal[1, 2] = 1
+    """1: Basic auth over ws://; 2: TLS (wss://) + Basic auth."""
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    unknown_id_tokens: Literal["accept", "reject"] = "reject"
+    heartbeat_interval_s: Annotated[int, Field(ge=10, le=86_400)] = 60
+    tx_updated_interval_s: Annotated[int, Field(ge=1, le=3600)] = 10
+    """Meter values while charging (SampledDataCtrlr.TxUpdatedInterval set at boot)."""
+    profile_deadband_a: NonNegative = 0.5
+    """An increase smaller than this is not sent (decreases always are)."""
+    profile_min_interval_s: NonNegative = 5.0
+    """Increases to one station at most this often (decreases at once)."""
+    call_timeout_s: PositiveA = 5.0
+
+
 class SiteConfig(_Model):
     site: SiteInfo
     scan: ScanConfig = ScanConfig()
@@ -231,6 +251,7 @@ class SiteConfig(_Model):
     dso: DsoConfig | None = None
     capacity_frames: list[CapacityFrameConfig] = Field(default_factory=list)
     devices: list[DeviceConfig] = Field(default_factory=list)
+    ocpp: OcppConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -519,6 +540,12 @@ def _semantic_checks(config: SiteConfig) -> tuple[list[ConfigIssue], list[Config
         if frame.start == frame.end:
             errors.append(ConfigIssue(f"capacity_frames[{index}].end", "must differ from start"))
     _check_devices(config, seen, errors)
+    if (
+        config.ocpp is not None
+        and config.ocpp.security_profile == 2
+        and not (config.ocpp.tls_cert and config.ocpp.tls_key)
+    ):
+        errors.append(ConfigIssue("ocpp.tls_cert", "security profile 2 needs tls_cert and tls_key"))
     tokens: dict[str, int] = {}
     for index, user in enumerate(config.priorities.users):
         if user.id_token in tokens:

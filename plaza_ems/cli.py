@@ -25,7 +25,9 @@ def _check_config(args: argparse.Namespace) -> int:
     from drivers.modbus.registry import check_devices
 
     loaded = load_config(args.file)
-    driver_issues = check_devices(loaded.config)
+    from drivers.ocpp201.stations import compile_stations
+
+    driver_issues = check_devices(loaded.config) + compile_stations(loaded.config)[1]
     if driver_issues:
         raise ConfigError(driver_issues, args.file)
     site = compile_site(loaded.config)

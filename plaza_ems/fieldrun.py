@@ -17,12 +17,14 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from controller.config import load_config
+from controller.config import ConfigError, load_config
 from controller.image import InputSnapshot
 from controller.program import ControlProgram, CycleOutput
 from controller.scan import CycleStats, ScanLoop, SystemClock
 from controller.site import compile_site
 from drivers.modbus.registry import build_devices
+from drivers.ocpp201.csms import Csms
+from drivers.ocpp201.stations import compile_stations
 from drivers.runtime import DeviceRunner
 from plaza_ems.inbox import CommandInbox
 from plaza_ems.status import CyclePublisher
@@ -35,17 +37,24 @@ STARTUP_WAIT_S = 3.0
 class FieldLink:
     """Input source and output sink of the scan loop, backed by the device runners."""
 
-    def __init__(self, snapshot: InputSnapshot, runners: list[DeviceRunner], inbox: CommandInbox) -> None:
+    def __init__(
+        self, snapshot: InputSnapshot, runners: list[DeviceRunner], inbox: CommandInbox, csms: Csms | None
+    ) -> None:
         self.snapshot = snapshot
         self.runners = runners
         self.inbox = inbox
+        self.csms = csms
 
     def refresh(self, now: float) -> None:
+        if self.csms is not None:
+            self.csms.refresh(self.snapshot, now)
         self.snapshot.resets.extend(self.inbox.poll(now))
 
     def write(self, output: CycleOutput) -> None:
         for runner in self.runners:
             runner.hand_over(output)
+        if self.csms is not None:
+            self.csms.hand_over(output)
 
 
 class FieldPublisher(CyclePublisher):
@@ -96,7 +105,11 @@ async def run_field_async(
         DeviceRunner(device, snapshot, period_s=site.period_s, timeout_s=device.endpoint.timeout_s)
         for device in devices
     ]
-    link = FieldLink(snapshot, runners, CommandInbox(state_dir))
+    stations, station_issues = compile_stations(loaded.config)
+    if station_issues:
+        raise ConfigError(station_issues, config_path)
+    csms = Csms(loaded.config) if stations else None
+    link = FieldLink(snapshot, runners, CommandInbox(state_dir), csms)
     publisher = FieldPublisher(runners, status_every_s, stats_json)
     loop = ScanLoop(site, ControlProgram(site), link, link, publisher, SystemClock())
     stop = stop or asyncio.Event()
@@ -111,6 +124,8 @@ async def run_field_async(
         site.period_s * 1000,
         state_dir,
     )
+    if csms is not None:
+        await csms.start()
     tasks = [asyncio.create_task(runner.run(stop), name=runner.device.name) for runner in runners]
     deadline = running.time() + STARTUP_WAIT_S
     # Polled rather than signalled: the runners know nothing of start-up, and this runs once.
@@ -122,6 +137,8 @@ async def run_field_async(
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if csms is not None:
+            await csms.stop()
         publisher.write_stats(loop.stats)
     log.info("stopped after %d cycles: %s", loop.stats.cycles, json.dumps(loop.stats.summary()))
     return loop.stats

@@ -23,6 +23,8 @@ from drivers.modbus.pv import SunSpecPvDevice
 from drivers.modbus.registers import Table
 
 TIMEOUT_SHARE_OF_PERIOD = 0.4
+OTHER_PROTOCOLS = frozenset({"ocpp201"})
+"""Devices that connect to the controller rather than being polled: checked and run by their own driver."""
 
 
 class DriverConfigError(Exception):
@@ -252,9 +254,11 @@ def _build_all(site: SiteConfig) -> tuple[list[ModbusDevice], list[ConfigIssue]]
     issues: list[ConfigIssue] = []
     for index, device in enumerate(site.devices):
         path = f"devices[{index}]"
+        if device.driver in OTHER_PROTOCOLS:
+            continue
         factory = DRIVERS.get(device.driver)
         if factory is None:
-            known = ", ".join(sorted(DRIVERS))
+            known = ", ".join(sorted(DRIVERS.keys() | OTHER_PROTOCOLS))
             issues.append(ConfigIssue(f"{path}.driver", f"unknown driver '{device.driver}' (known: {known})"))
             continue
         unknown = sorted(set(device.options) - OPTIONS.get(device.driver, frozenset()))
