@@ -60,22 +60,43 @@ class FieldLink:
 class FieldPublisher(CyclePublisher):
     """The status line and the statistics name the devices: how many answer, and each one's record."""
 
-    def __init__(self, runners: list[DeviceRunner], every_s: float, stats_json: Path | None) -> None:
+    def __init__(self, runners: list[DeviceRunner], csms: Csms | None, every_s: float, stats_json: Path | None) -> None:
         super().__init__(every_s, stats_json)
         self.runners = runners
+        self.csms = csms
 
     def log_status(self, output: CycleOutput, stats: CycleStats) -> None:
         available = sum(1 for r in self.runners if r.status.available)
+        if self.csms is not None:
+            available += sum(1 for s in self.csms.stations.values() if s.link is not None)
         charging = sum(1 for s in output.setpoints if not s.paused)
         log.info(
             "mode=%s charging=%d/%d devices=%d/%d dso=%.0f%% cycle p99=%.2f ms overruns=%d",
-            output.mode.value, charging, len(output.setpoints), available, len(self.runners),
-            output.dso_pct, stats.summary()["cycle_p99_ms"], stats.overruns,
+            output.mode.value,
+            charging,
+            len(output.setpoints),
+            available,
+            len(self.runners) + (len(self.csms.stations) if self.csms is not None else 0),
+            output.dso_pct,
+            stats.summary()["cycle_p99_ms"],
+            stats.overruns,
         )
 
     def report(self, stats: CycleStats) -> dict[str, Any]:
+        ocpp: dict[str, Any] = {}
+        if self.csms is not None:
+            ocpp["ocpp"] = {
+                sid: {
+                    "connected": s.link is not None,
+                    "calls": s.calls,
+                    "errors": s.call_errors,
+                    "timeouts": s.timeouts,
+                }
+                for sid, s in self.csms.stations.items()
+            }
         return {
             **stats.summary(),
+            **ocpp,
             "devices": {
                 r.device.name: {
                     "available": r.status.available,
@@ -110,7 +131,7 @@ async def run_field_async(
         raise ConfigError(station_issues, config_path)
     csms = Csms(loaded.config) if stations else None
     link = FieldLink(snapshot, runners, CommandInbox(state_dir), csms)
-    publisher = FieldPublisher(runners, status_every_s, stats_json)
+    publisher = FieldPublisher(runners, csms, status_every_s, stats_json)
     loop = ScanLoop(site, ControlProgram(site), link, link, publisher, SystemClock())
     stop = stop or asyncio.Event()
     running = asyncio.get_running_loop()
