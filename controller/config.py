@@ -83,6 +83,11 @@ class ControlConfig(_Model):
     draw_headroom_a: NonNegative = 2.0
     probe_interval_s: PositiveA = 600.0
     urgent_laxity_s: NonNegative = 1800.0
+    overdraw_tolerance_a: NonNegative = 3.0
+    """A charger drawing more than this above its setpoint (per phase) overdraws: its excess is reserved.
+
+    3 A: a paused Alpitronic DC still delivers its 1547 W pause power, about 2.2 A per phase at 230 V.
+    """
 
 
 class ConnectorConfig(_Model):

@@ -36,11 +36,20 @@ class Latch:
 
 @dataclass(frozen=True, slots=True)
 class InterlockEvent:
+    """Something the operator should see in the log, from the interlocks or the control program.
+
+    Interlock events name a latch; the control program's connector events ('overdraw',
+    'overdraw_ended', see ``controller.program``) name the connector in ``latch``.
+    """
+
     ts: float
     latch: str
+    """The latch, or for a connector event the connector id."""
     kind: str
-    """'tripped', 'reset', 'reset_refused'."""
+    """'tripped', 'reset', 'reset_refused'; 'overdraw', 'overdraw_ended'."""
     detail: str
+    excess_a: float | None = None
+    """'overdraw': how much more than its setpoint the charger draws (A, on its most loaded phase)."""
 
 
 @dataclass(frozen=True, slots=True)

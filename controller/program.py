@@ -2,7 +2,8 @@
 
 ``ControlProgram.step(image)`` runs interlocks -> limits -> intent -> protection/allocation and returns
 the setpoints to write plus everything worth publishing. It keeps only the memory a PLC program keeps
-between cycles (latches, last setpoints, open sessions, pause times) and does no I/O.
+between cycles (latches, last setpoints, open sessions, pause times, which chargers overdraw) and does
+no I/O.
 """
 
 from __future__ import annotations
@@ -32,9 +33,12 @@ from controller.interlocks import (
 )
 from controller.limits import NodeLimit, dso_limit_pct, effective_limits, fuse_limits
 from controller.protection import Uncontrolled, capacity, estimate_uncontrolled, uncontrolled_by_node
-from controller.site import KEYS_PER_NODE, POWER, Site
+from controller.site import KEYS_PER_NODE, POWER, Connector, Site
 
 PAUSED_EPS_A = 1e-6
+OVERDRAW_RELEASE_A = 0.5
+"""An overdraw ends once the draw is this much below where it started (allowed + tolerance), so a draw
+that hovers at the threshold is not reported start and end every cycle."""
 _GOOD = Quality.GOOD
 """Looked up once: reading an Enum member through its class costs about 0.1 µs (Python 3.11)."""
 
@@ -81,6 +85,8 @@ class ConnectorMemory:
     inflight_until_ts: float = -math.inf
     paused_at_ts: float = -math.inf
     session: Session | None = None
+    overdrawing: bool = False
+    """Seen drawing more than its setpoint allows (``_overdraw``); held while the charger is silent."""
 
 
 @dataclass(slots=True)
@@ -129,11 +135,16 @@ class ControlProgram:
         self._last_intents: list[Intent | None] = [None] * len(site.connectors)
         self._last_demands: list[Demand | None] = [None] * len(site.connectors)
         self._last_setpoints: list[ConnectorSetpoint | None] = [None] * len(site.connectors)
+        # The first cycle of a program without memory: what the chargers draw until its first setpoints
+        # have taken effect was set before it ran (``_overdraw``).
+        self._started_ts = -math.inf
 
     def step(self, image: ProcessImage) -> CycleOutput:
         site = self.site
         state = self.state
         now = image.t
+        if state.last_t is None:
+            self._started_ts = now
         dt = site.period_s if state.last_t is None else max(0.0, now - state.last_t)
         state.last_t = now
 
@@ -152,15 +163,15 @@ class ControlProgram:
         if interlocks.mode is not SiteMode.NORMAL:
             return self._safe_state(image, interlocks.mode, limits, dso_pct, interlocks.events)
 
-        uncontrolled, rem, fixed_connectors = self._capacity(image, limits)
+        uncontrolled, rem, fixed_connectors, overdraws = self._capacity(image, limits)
         rem_before = list(rem)
         intents = self._intents(image, fixed_connectors)
         demands = self._demands(intents, now)
         allocated = allocate(site, rem, demands)
         setpoints_a = self._shape(allocated, intents, rem_before, now, dt, fixed_connectors)
         batteries = self._batteries(image, intents, allocated, rem)
-        return self._emit(image, SiteMode.NORMAL, setpoints_a, batteries, limits, uncontrolled, dso_pct,
-                          interlocks.events)
+        events = (*interlocks.events, *overdraws) if overdraws else interlocks.events
+        return self._emit(image, SiteMode.NORMAL, setpoints_a, batteries, limits, uncontrolled, dso_pct, events)
 
     # -- sessions -------------------------------------------------------------------------------
 
@@ -189,35 +200,52 @@ class ControlProgram:
 
     def _capacity(
         self, image: ProcessImage, limits: tuple[NodeLimit, ...]
-    ) -> tuple[Uncontrolled, list[float], set[int]]:
-        """Uncontrolled load, the capacity left per allocation key, and the connectors that are silent."""
+    ) -> tuple[Uncontrolled, list[float], set[int], list[InterlockEvent]]:
+        """Uncontrolled load, the capacity left per allocation key, the connectors that are silent, and
+        the overdraws that started or ended this cycle."""
         site = self.site
         voltage_v = site.voltage_v
+        tolerance_a = site.config.control.overdraw_tolerance_a
         size = len(site.nodes) * KEYS_PER_NODE
         # Per allocation key (A on a node's phases, W on its POWER key): what the controllable devices
-        # measure, and what the silent ones are assumed to draw. Each device is added at its own node;
-        # one bottom-up pass then gives every subtree's sum.
+        # measure, and what the silent ones are assumed to draw or the overdrawing ones draw beyond
+        # their setpoint. Each device is added at its own node; one bottom-up pass gives every subtree's sum.
         measured = [0.0] * size
         fixed = [0.0] * size
         fixed_connectors: set[int] = set()
+        overdraws: list[InterlockEvent] = []
+        excess = False
         for connector, (phase_keys, power_key), reading, memory in zip(
             site.connectors, self._draw_keys, image.connectors, self.state.connectors, strict=True
         ):
             if reading is not None and reading.quality == _GOOD:
                 # Unrolled: this loop runs for every connector, and a loop over its phases costs more
-                # than the additions. A single-phase charger loads only the phase of its L1.
-                current = reading.current_a
+                # than the additions. A single-phase charger loads only the phase of its L1. Above its
+                # setpoint + tolerance (a decrease in flight aside), or once overdrawing, ``_overdraw``
+                # decides; that is rare, so the common case costs one addition and a few comparisons.
+                limit_a = memory.setpoint_a + tolerance_a
                 if len(phase_keys) == 3:
+                    a1, a2, a3 = current = reading.current_a
                     l1, l2, l3 = phase_keys
-                    measured[l1] += current[0]
-                    measured[power_key] += current[0] * voltage_v
-                    measured[l2] += current[1]
-                    measured[power_key] += current[1] * voltage_v
-                    measured[l3] += current[2]
-                    measured[power_key] += current[2] * voltage_v
+                    measured[l1] += a1
+                    measured[power_key] += a1 * voltage_v
+                    measured[l2] += a2
+                    measured[power_key] += a2 * voltage_v
+                    measured[l3] += a3
+                    measured[power_key] += a3 * voltage_v
+                    if a1 > limit_a or a2 > limit_a or a3 > limit_a or memory.overdrawing:
+                        excess |= self._overdraw(
+                            connector, phase_keys, power_key, current, memory, fixed, overdraws, image.t
+                        )
                 else:
-                    measured[phase_keys[0]] += current[0]
-                    measured[power_key] += current[0] * voltage_v
+                    current = reading.current_a
+                    a1 = current[0]
+                    measured[phase_keys[0]] += a1
+                    measured[power_key] += a1 * voltage_v
+                    if a1 > limit_a or memory.overdrawing:
+                        excess |= self._overdraw(
+                            connector, phase_keys, power_key, current, memory, fixed, overdraws, image.t
+                        )
                 continue
             fixed_connectors.add(connector.index)
             assumed_a = max(memory.setpoint_a, connector.fallback_current_a)
@@ -242,7 +270,7 @@ class ControlProgram:
             measured[parent + 1] += measured[child + 1]
             measured[parent + 2] += measured[child + 2]
             measured[parent + POWER] += measured[child + POWER]
-        if fixed_connectors or site.batteries:  # else every fixed load is zero, and so are their sums
+        if fixed_connectors or site.batteries or excess:  # else every fixed load is zero, and so are their sums
             for child, parent in self._upward:
                 fixed[parent] += fixed[child]
                 fixed[parent + 1] += fixed[child + 1]
@@ -252,7 +280,81 @@ class ControlProgram:
         for meter_id, meter in image.meters.items():
             meters[meter_id] = (meter.current_a, meter.power_w) if meter.quality == _GOOD else None
         uncontrolled = estimate_uncontrolled(site, meters, measured, limits)
-        return uncontrolled_by_node(uncontrolled), capacity(site, limits, uncontrolled, fixed), fixed_connectors
+        return (
+            uncontrolled_by_node(uncontrolled),
+            capacity(site, limits, uncontrolled, fixed),
+            fixed_connectors,
+            overdraws,
+        )
+
+    def _overdraw(
+        self,
+        connector: Connector,
+        phase_keys: tuple[int, ...],
+        power_key: int,
+        current: tuple[float, float, float],
+        memory: ConnectorMemory,
+        fixed: list[float],
+        events: list[InterlockEvent],
+        now: float,
+    ) -> bool:
+        """Reserve, at the connector's node, what a charger draws beyond its setpoint; True if it did.
+
+        A charger may draw up to its setpoint, or while a decrease is in flight up to the setpoint it
+        came from (and in the program's first cycles whatever it was told before: its first setpoint
+        needs its response delay too). One that draws more than that plus
+        ``control.overdraw_tolerance_a`` on any phase ignores its limit: from then on, until its draw is
+        back within (``OVERDRAW_RELEASE_A`` below the threshold), everything it draws above its setpoint
+        is added to ``fixed`` on its phases, so the headroom of its node and every node above shrinks by
+        it. It stays controlled: its own setpoint is still allocated and written (see ``_demands``).
+        Start and end are reported once each, as events.
+        """
+        setpoint_a = memory.setpoint_a
+        allowed_a = setpoint_a
+        if memory.inflight_until_ts > now and memory.inflight_a > allowed_a:
+            allowed_a = memory.inflight_a
+        phases = len(phase_keys)
+        draw_a = max(current[:phases])
+        tolerance_a = self.site.config.control.overdraw_tolerance_a
+        if memory.overdrawing:
+            if draw_a <= allowed_a + max(0.0, tolerance_a - OVERDRAW_RELEASE_A):
+                memory.overdrawing = False
+                events.append(
+                    InterlockEvent(
+                        now,
+                        connector.id,
+                        "overdraw_ended",
+                        f"draws {draw_a:.1f} A per phase, within its allowed {allowed_a:.1f} A + tolerance",
+                    )
+                )
+                return False
+        elif draw_a <= allowed_a + tolerance_a:
+            return False  # a decrease still in flight: the charger may draw its old setpoint a while
+        elif now < self._started_ts + connector.response_delay_s + self.site.period_s:
+            return False  # the program just started: this is what the charger was told before, not yet ours
+        else:
+            memory.overdrawing = True
+            events.append(
+                InterlockEvent(
+                    now,
+                    connector.id,
+                    "overdraw",
+                    f"draws {draw_a:.1f} A per phase, allowed {allowed_a:.1f} A (setpoint {setpoint_a:.1f} A): "
+                    f"its nodes reserve the {draw_a - setpoint_a:.1f} A above the setpoint",
+                    draw_a - setpoint_a,
+                )
+            )
+        # Above the setpoint, not the in-flight value: a charger that ignores its limit does not follow
+        # a decrease either. The allocator counts it at its new setpoint, which ``_demands`` keeps from
+        # going below this one, so setpoint + this excess covers all it draws.
+        over_a = 0.0
+        for k in range(phases):
+            above_a = current[k] - setpoint_a
+            if above_a > 0.0:
+                fixed[phase_keys[k]] += above_a
+                over_a += above_a
+        fixed[power_key] += over_a * self.site.voltage_v
+        return over_a > 0.0
 
     # -- intent -----------------------------------------------------------------------------------
 
@@ -281,9 +383,7 @@ class ControlProgram:
     ) -> None:
         """Flexible sessions that are not urgent charge from PV surplus only, in equal shares."""
         site = self.site
-        battery_charge_w = sum(
-            max(0.0, r.power_w) for r in image.batteries if r is not None and r.quality == _GOOD
-        )
+        battery_charge_w = sum(max(0.0, r.power_w) for r in image.batteries if r is not None and r.quality == _GOOD)
         share_w = pv_surplus_w(site, image, flexible_draw_w, battery_charge_w) / len(flexible)
         for index in flexible:
             intent = intents[index]
@@ -306,6 +406,25 @@ class ControlProgram:
             demand_a = intent.demand_a
             if demand_a <= 0.0 or (not running and now - memory.paused_at_ts < resume_delay_s):
                 continue  # nothing wanted, or paused too recently to start again
+            if running and memory.overdrawing:
+                # Its headroom counts what it draws above its last setpoint: lowering that setpoint
+                # frees nothing it would follow, yet the allocator would hand the difference to the
+                # others. So while it overdraws its setpoint may rise or pause, not shrink (below what
+                # it wants). Rare: built afresh every cycle, and not kept for reuse.
+                last[index] = None
+                lo_a = min(demand_a, max(site.connectors[index].min_current_a, memory.setpoint_a))
+                pinned = Demand(
+                    index=index,
+                    lo_a=lo_a,
+                    hi_a=demand_a,
+                    phases=intent.phases,
+                    rank=intent.rank,
+                    laxity_s=intent.laxity_s,
+                    running=True,
+                    start_margin_a=control.resume_margin_a,
+                )
+                demands.append(pinned)
+                continue
             demand = last[index]
             # The connector's minimum and the start margin never change; the rest is last cycle's
             # demand as long as it still matches.
@@ -544,4 +663,3 @@ class ControlProgram:
             latches=dict(self.state.latches),
             events=events,
         )
-

@@ -4,7 +4,9 @@ Uncontrolled load (building, processes) is estimated from meters: at a metered n
 current minus what the controllable devices under it measure themselves; an un-metered node sums its
 children and its own measured loads. A stale or bad meter makes its node assume its whole limit is
 used by uncontrolled load, so nothing under it charges until the meter is back. A charger or battery
-that stops answering is assumed to draw the higher of its last setpoint and its own fallback value.
+that stops answering is assumed to draw the higher of its last setpoint and its own fallback value; a
+charger that draws more than its setpoint allows has what it draws above it reserved as well
+(``ControlProgram._overdraw``).
 
 After allocation, two rules shape the setpoints in time: ramp up gradually, ramp down at once; and
 *break before make* — capacity a session gives up is handed to another only after the first one's

@@ -32,8 +32,10 @@ class CyclePublisher:
 
     def publish(self, output: CycleOutput, stats: CycleStats) -> None:
         for event in output.events:
-            level = logging.WARNING if event.kind == "tripped" else logging.INFO
-            log.log(level, "interlock %s %s: %s", event.latch, event.kind, event.detail)
+            level = logging.WARNING if event.kind in ("tripped", "overdraw") else logging.INFO
+            # Connector events ('overdraw', 'overdraw_ended') name the connector where others name a latch.
+            what = "connector" if event.kind.startswith("overdraw") else "interlock"
+            log.log(level, "%s %s %s: %s", what, event.latch, event.kind, event.detail)
         if output.mode.value != self._mode:
             level = logging.INFO if output.mode is SiteMode.NORMAL else logging.WARNING
             log.log(level, "site mode is now %s", output.mode.value)
