@@ -225,10 +225,12 @@ class OcppConfig(_Model):
 
     host: Annotated[str, Field(min_length=1)] = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 9000
-    security_profile: Literal[1, 2] = 1
-    """1: Basic auth over ws://; 2: TLS (wss://) + Basic auth."""
+    security_profile: Literal[1, 2, 3] = 1
+    """1: Basic auth over ws://; 2: TLS (wss://) + Basic auth; 3: TLS with station client certificates."""
     tls_cert: str | None = None
     tls_key: str | None = None
+    tls_ca: str | None = None
+    """Profile 3: the CA that signed the stations' client certificates (their CN is the station id)."""
     unknown_id_tokens: Literal["accept", "reject"] = "reject"
     heartbeat_interval_s: Annotated[int, Field(ge=10, le=86_400)] = 60
     tx_updated_interval_s: Annotated[int, Field(ge=1, le=3600)] = 10
@@ -238,6 +240,10 @@ class OcppConfig(_Model):
     profile_min_interval_s: NonNegative = 5.0
     """Increases to one station at most this often (decreases at once)."""
     call_timeout_s: PositiveA = 5.0
+    tx_default_current_a: NonNegative = 0.0
+    """TxDefaultProfile sent at boot: what a new transaction may draw before its first TxProfile (0: wait)."""
+    verify_interval_s: NonNegative = 300.0
+    """GetCompositeSchedule per station this often, to check what it applies (0: never)."""
 
 
 class SiteConfig(_Model):
@@ -547,10 +553,14 @@ def _semantic_checks(config: SiteConfig) -> tuple[list[ConfigIssue], list[Config
     _check_devices(config, seen, errors)
     if (
         config.ocpp is not None
-        and config.ocpp.security_profile == 2
+        and config.ocpp.security_profile >= 2
         and not (config.ocpp.tls_cert and config.ocpp.tls_key)
     ):
-        errors.append(ConfigIssue("ocpp.tls_cert", "security profile 2 needs tls_cert and tls_key"))
+        errors.append(ConfigIssue("ocpp.tls_cert", "security profiles 2 and 3 need tls_cert and tls_key"))
+    if config.ocpp is not None and config.ocpp.security_profile == 3 and not config.ocpp.tls_ca:
+        errors.append(
+            ConfigIssue("ocpp.tls_ca", "security profile 3 needs tls_ca to verify the stations' certificates")
+        )
     tokens: dict[str, int] = {}
     for index, user in enumerate(config.priorities.users):
         if user.id_token in tokens:

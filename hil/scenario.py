@@ -131,20 +131,52 @@ class DeviceFault(_Event):
     delay_ms: Annotated[int, Field(ge=0, le=60_000)] = 0
 
 
+class OcppFault(_Event):
+    """A fault of one simulated OCPP station (HIL only; ``plaza-ems sim`` plays ``offline`` as a silent charger).
+
+    ``offline``, ``unresponsive`` and ``overdraw`` last ``duration_s``; the frame faults happen once.
+    """
+
+    type: Literal["ocpp_fault"]
+    station: str
+    fault: Literal[
+        "offline",
+        "unresponsive",
+        "overdraw",
+        "malformed_json",
+        "wrong_message_type",
+        "unknown_action",
+        "schema_invalid",
+        "duplicate_seq_no",
+        "out_of_order_seq_no",
+    ]
+    duration_s: PositiveF = 1.0
+
+
 class DsoStage(_Event):
     type: Literal["dso_stage"]
     pct: Annotated[float, Field(ge=0, le=100)]
 
 
 Event = Annotated[
-    FireAlarm | ResetLatch | LoadSpike | MeterFault | IoSilent | ChargerSilent | DeviceFault | DsoStage,
+    FireAlarm | ResetLatch | LoadSpike | MeterFault | IoSilent | ChargerSilent | DeviceFault | OcppFault | DsoStage,
     Field(discriminator="type"),
 ]
 
 
 EVENT_TYPES = frozenset(
     t
-    for model in (FireAlarm, ResetLatch, LoadSpike, MeterFault, IoSilent, ChargerSilent, DeviceFault, DsoStage)
+    for model in (
+        FireAlarm,
+        ResetLatch,
+        LoadSpike,
+        MeterFault,
+        IoSilent,
+        ChargerSilent,
+        DeviceFault,
+        OcppFault,
+        DsoStage,
+    )
     for t in get_args(model.model_fields["type"].annotation)  # the Literal's values
 )
 
@@ -299,6 +331,9 @@ def _check_ids(config: ScenarioConfig, site: SiteConfig, source: str) -> None:
             need(event.connector in connectors, f"{path}.connector", "connector", event.connector)
         elif isinstance(event, DeviceFault):
             need(event.device in {d.id for d in site.devices}, f"{path}.device", "device", event.device)
+        elif isinstance(event, OcppFault):
+            stations = {d.id for d in site.devices if d.driver == "ocpp201"}
+            need(event.station in stations, f"{path}.station", "OCPP station", event.station)
         elif isinstance(event, DsoStage):
             need(site.dso is not None, f"{path}", "input: the site declares no", "dso")
         elif isinstance(event, FireAlarm):

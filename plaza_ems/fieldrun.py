@@ -85,15 +85,7 @@ class FieldPublisher(CyclePublisher):
     def report(self, stats: CycleStats) -> dict[str, Any]:
         ocpp: dict[str, Any] = {}
         if self.csms is not None:
-            ocpp["ocpp"] = {
-                sid: {
-                    "connected": s.link is not None,
-                    "calls": s.calls,
-                    "errors": s.call_errors,
-                    "timeouts": s.timeouts,
-                }
-                for sid, s in self.csms.stations.items()
-            }
+            ocpp["ocpp"] = self.csms.report()
         return {
             **stats.summary(),
             **ocpp,

@@ -6,6 +6,10 @@ section is served on its host:port by the simulator for its driver, from the sam
 drivers read. Scenario faults act on the wire: ``meter_silent``/``io_silent``/``charger_silent`` make
 the serving device silent, ``meter_nan`` makes it answer garbage, ``device_fault`` injects silence,
 exception responses, slow answers, garbage or dropped connections into one device.
+
+Devices with ``driver: ocpp201`` are simulated OCPP 2.0.1 stations (``hil/ocpp201``) that connect to
+the controller's CSMS as clients; ``ocpp_fault`` events act on them, and a silent charger of such a
+station is the station going offline.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from typing import Any
 from hil.modbus.context import SimContext
 from hil.modbus.devices import SIM_DEVICES
 from hil.modbus.server import EndpointServer, Fault, FaultKind, SimulatedDevice
-from hil.scenario import ChargerSilent, DeviceFault, IoSilent, MeterFault, Scenario
+from hil.ocpp201.station import SimStation
+from hil.scenario import ChargerSilent, DeviceFault, IoSilent, MeterFault, OcppFault, Scenario
 from plaza_ems.simulate import Simulation
 
 log = logging.getLogger("plaza_ems.hil")
@@ -36,6 +41,7 @@ class HilSimulation(Simulation):
         super().__init__(scenario)
         self.now = now
         self.devices: dict[str, SimulatedDevice] = {}
+        self.stations: dict[str, SimStation] = {}
 
     def _apply_event(self, event: Any, t_rel: float, t: float) -> None:
         super()._apply_event(event, t_rel, t)
@@ -51,9 +57,15 @@ class HilSimulation(Simulation):
             self._fault([d.id for d in site.devices if event.contact in d.contacts], Fault("silent", until))
         elif isinstance(event, ChargerSilent):
             self._fault([d.id for d in site.devices if event.connector in d.connectors], Fault("silent", until))
+        elif isinstance(event, OcppFault):
+            self.stations[event.station].inject(event.fault, event.duration_s)
 
     def _fault(self, device_ids: list[str], fault: Fault) -> None:
         for device_id in device_ids:
+            station = self.stations.get(device_id)
+            if station is not None:
+                # A silent OCPP station is one that has lost its connection.
+                station.inject("offline", fault.until_s - self.now())
             device = self.devices.get(device_id)
             if device is not None:
                 device.fault = fault
@@ -71,6 +83,9 @@ class HilPlaza:
         site = scenario.site
         endpoints: dict[tuple[str, int], dict[int, SimulatedDevice]] = defaultdict(dict)
         for device_config in site.devices:
+            if device_config.driver == "ocpp201":
+                self.simulation.stations[device_config.id] = SimStation(site, device_config, self.simulation.plant)
+                continue
             factory = SIM_DEVICES.get(device_config.driver)
             if factory is None:
                 raise ValueError(f"devices: no simulator for driver '{device_config.driver}' ({device_config.id})")
@@ -87,10 +102,17 @@ class HilPlaza:
                 endpoint[unit] = device
         self.servers = [EndpointServer(host, port, units) for (host, port), units in endpoints.items()]
         self._last_t: float | None = None
+        self._stop = asyncio.Event()
+        self._station_tasks: list[asyncio.Task[None]] = []
 
     @property
     def devices(self) -> dict[str, SimulatedDevice]:
         return self.simulation.devices
+
+    @property
+    def stations(self) -> dict[str, SimStation]:
+        """The simulated OCPP stations, clients of the controller's CSMS."""
+        return self.simulation.stations
 
     def tick(self) -> None:
         """Advance the plant to now, play the timeline and refresh every register image."""
@@ -102,6 +124,8 @@ class HilPlaza:
         sim.inputs(t - self.scenario.start_s, t)
         for device in self.devices.values():
             device.update(t)
+        for station in self.stations.values():
+            station.update(t)
         for server in self.servers:
             if any(
                 d.active_fault() is not None and d.fault is not None and d.fault.kind == "drop"
@@ -113,11 +137,16 @@ class HilPlaza:
         self.tick()
         for server in self.servers:
             await server.start()
+        self._stop.clear()
+        self._station_tasks = [
+            asyncio.create_task(station.run(self._stop), name=f"sim-{station.id}") for station in self.stations.values()
+        ]
         log.info(
-            "HIL plaza '%s': %d devices on %s",
+            "HIL plaza '%s': %d Modbus devices on %s, %d OCPP stations",
             self.scenario.name,
             len(self.devices),
-            ", ".join(f"{s.host}:{s.port}" for s in self.servers),
+            ", ".join(f"{s.host}:{s.port}" for s in self.servers) or "-",
+            len(self.stations),
         )
 
     async def run(self, stop: asyncio.Event, duration_s: float | None = None) -> None:
@@ -131,5 +160,8 @@ class HilPlaza:
                 await asyncio.wait_for(stop.wait(), timeout=max(0.0, next_tick - loop.time()))
 
     async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._station_tasks, return_exceptions=True)
+        self._station_tasks = []
         for server in self.servers:
             await server.stop()

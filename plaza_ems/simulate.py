@@ -44,6 +44,7 @@ from hil.scenario import (
     IoSilent,
     LoadSpike,
     MeterFault,
+    OcppFault,
     ResetLatch,
     Scenario,
 )
@@ -139,6 +140,10 @@ class Simulation:
             self.faults.silent_chargers[event.connector] = t_rel + event.duration_s
         elif isinstance(event, DeviceFault):
             self._device_fault(event, t_rel)
+        elif isinstance(event, OcppFault) and event.fault == "offline":
+            device = next(d for d in self.scenario.site.devices if d.id == event.station)
+            for connector in device.connectors:
+                self.faults.silent_chargers[connector] = t_rel + event.duration_s
         elif isinstance(event, DsoStage):
             if event.pct < self.dso_pct:
                 for node in self.site.nodes:

@@ -13,7 +13,6 @@ import signal
 import struct
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from hil.modbus.devices import SimAlfen
 from hil.modbus.pv import SimSunSpecPv
 from hil.scenario import load_scenario
 from plaza_ems.hilrun import HilPlaza
+from tests.hil_harness import start_controller, with_controller
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE = ROOT / "examples" / "sites" / "hil-small.site.yaml"
@@ -52,60 +52,6 @@ def write_scenario(tmp_path: Path, events: list[dict[str, object]], site: Path =
     path = tmp_path / "scenario.yaml"
     path.write_text(yaml.safe_dump(scenario), encoding="utf-8")
     return path
-
-
-Watch = Callable[[HilPlaza, float], None]
-
-
-async def start_controller(
-    site: Path, tmp_path: Path, log_name: str, stats: bool = False
-) -> asyncio.subprocess.Process:
-    """``plaza-ems run --config SITE`` as its own process, its log in ``tmp_path / log_name``."""
-    args = ["run", "--config", str(site), "--state-dir", str(tmp_path / "state")]
-    if stats:
-        args += ["--stats-json", str(tmp_path / "stats.json")]
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "plaza_ems.cli",
-        *args,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=(tmp_path / log_name).open("wb"),
-    )
-
-
-async def with_controller(
-    scenario_path: Path,
-    seconds: float,
-    watch: Watch,
-    *,
-    site: Path = SITE,
-    tmp_path: Path,
-    after: Callable[[HilPlaza, asyncio.subprocess.Process], Awaitable[None]] | None = None,
-) -> HilPlaza:
-    """Serve the plaza, start the controller on ``site``, call ``watch(plaza, t_rel)`` every tick."""
-    plaza = HilPlaza(load_scenario(scenario_path))
-    await plaza.start()
-    process = await start_controller(site, tmp_path, "controller.log", stats=True)
-    try:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        while loop.time() - start < seconds:
-            plaza.tick()
-            watch(plaza, loop.time() - start)
-            await asyncio.sleep(0.05)
-        if after is not None:
-            await after(plaza, process)
-    finally:
-        if process.returncode is None:
-            os.kill(process.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 10)
-            except TimeoutError:
-                os.kill(process.pid, signal.SIGKILL)
-                await process.wait()
-        await plaza.stop()
-    return plaza
 
 
 def node_peaks(plaza: HilPlaza) -> dict[str, float]:
@@ -146,7 +92,7 @@ def test_load_spike_keeps_every_node_within_its_limit(tmp_path: Path) -> None:
             for node, peak in peaks.items():
                 worst_outside_window[node] = max(worst_outside_window[node], peak - LIMITS_A[node])
 
-    asyncio.run(with_controller(scenario, 22.0, watch, tmp_path=tmp_path))
+    asyncio.run(with_controller(scenario, 22.0, watch, site=SITE, tmp_path=tmp_path))
     assert max(charging_before_spike) > 50.0, "the EVs should share sub-a's 63 A before the spike"
     assert max(spike_seen) > 50.0
     for node, excess in worst_outside_window.items():
@@ -165,7 +111,7 @@ def test_fire_contact_open_pauses_every_charger_within_a_cycle(tmp_path: Path) -
         if opened_at and not paused_at and all(a == 0.0 for a in setpoints_a(plaza)):
             paused_at.append(t_rel)
 
-    plaza = asyncio.run(with_controller(scenario, 12.0, watch, tmp_path=tmp_path))
+    plaza = asyncio.run(with_controller(scenario, 12.0, watch, site=SITE, tmp_path=tmp_path))
     assert opened_at, "the contact never opened"
     assert paused_at, "every socket should have been written 0 A"
     # Worst case: the contact opens just after the I/O read, seen at the next read (one period
@@ -189,7 +135,7 @@ def test_silent_io_module_pauses_every_charger_within_a_cycle(tmp_path: Path) ->
         if silent_at and not paused_at and all(a == 0.0 for a in setpoints_a(plaza)):
             paused_at.append(t_rel)
 
-    asyncio.run(with_controller(scenario, 12.0, watch, tmp_path=tmp_path))
+    asyncio.run(with_controller(scenario, 12.0, watch, site=SITE, tmp_path=tmp_path))
     assert silent_at
     assert paused_at
     assert paused_at[0] - silent_at[0] <= 2 * PERIOD_S + 0.2
@@ -215,7 +161,7 @@ def test_dso_relay_stages_limit_the_connection(tmp_path: Path) -> None:
         if t_rel >= 21.0:
             after.append(grid)
 
-    asyncio.run(with_controller(scenario, 24.0, watch, tmp_path=tmp_path))
+    asyncio.run(with_controller(scenario, 24.0, watch, site=SITE, tmp_path=tmp_path))
     assert during
     assert max(during) <= 30.0, f"grid drew {max(during):.1f} A under the 30 % stage"
     assert after

@@ -36,7 +36,7 @@ tree:
     - id: st1
       limit_a: 32
       connectors:
-        - {{id: ac-1, fallback_current_a: 32}}
+        - {{id: ac-1, fallback_current_a: 32, response_delay_s: 0.5}}
     - id: st2
       limit_a: 100
       connectors:
@@ -144,6 +144,7 @@ def with_station(
     port: int, station_id: str, password: str, body: Callable[[Csms, Station], Awaitable[None]], text: str = SITE
 ) -> Csms:
     csms = Csms(site(port, text))
+    csms.hand_over(output({}))  # the controller has run: boots are accepted
 
     async def main() -> None:
         await csms.start()
@@ -204,12 +205,12 @@ def test_measurands_in_any_unit_are_parsed_or_ignored() -> None:
 
 def test_station_config_problems_are_named_by_path() -> None:
     text = SITE.replace("options: {{password: secret-ac1}}", "options: {{password: secret-ac1, max_amps: 3}}")
-    text = text.replace("{{id: ac-1, fallback_current_a: 32}}", "{{id: ac-1}}")
+    text = text.replace("{{id: ac-1, fallback_current_a: 32, response_delay_s: 0.5}}", "{{id: ac-1}}")
     _, issues = compile_stations(site(19000, text))
     assert [(i.path, i.message) for i in issues] == [
         ("devices[0].options.max_amps", "unknown option (known: max_current_a, password, password_sha256)")
     ]
-    text = SITE.replace("{{id: ac-1, fallback_current_a: 32}}", "{{id: ac-1}}")
+    text = SITE.replace("{{id: ac-1, fallback_current_a: 32, response_delay_s: 0.5}}", "{{id: ac-1}}")
     _, issues = compile_stations(site(19000, text))
     assert [i.path for i in issues] == ["devices[0].connectors[0]"]
     assert "fallback_current_a 6 A is below the station's max profile 32 A" in issues[0].message
@@ -220,7 +221,11 @@ def test_boot_sends_max_profile_then_tx_profiles_in_amps_and_watts() -> None:
         await started(station, "tx-1")
         csms.hand_over(output({"ac-1": (10.0, None)}))
         await asyncio.sleep(0.3)
-        assert station.profiles == [(0, "ChargingStationMaxProfile", "A", 32.0), (1, "TxProfile", "A", 10.0)]
+        assert station.profiles == [
+            (0, "ChargingStationMaxProfile", "A", 32.0),
+            (0, "TxDefaultProfile", "A", 0.0),
+            (1, "TxProfile", "A", 10.0),
+        ]
         # A small increase waits for the deadband; a decrease goes at once; pause is 0.
         csms.hand_over(output({"ac-1": (10.3, None)}))
         csms.hand_over(output({"ac-1": (0.0, None)}))
@@ -229,7 +234,8 @@ def test_boot_sends_max_profile_then_tx_profiles_in_amps_and_watts() -> None:
         snapshot = InputSnapshot()
         csms.refresh(snapshot, time.time())
         reading = snapshot.connectors["ac-1"]
-        assert (reading.state, reading.current_a, reading.id_token) == ("C2", (16.0, 16.0, 16.0), "TOKEN-1")
+        # The 16 A sample is from before the pause: capped at the new limit until a newer one comes.
+        assert (reading.state, reading.current_a, reading.id_token) == ("C2", (0.0, 0.0, 0.0), "TOKEN-1")
 
     with_station(19010, "AC1", "secret-ac1", body)
 
@@ -255,8 +261,8 @@ def test_malformed_frames_get_a_call_error_and_the_connection_stays_up() -> None
         # No message id can be read from a broken frame: OCPP-J answers with "-1".
         assert errors == [
             ("-1", "FormatViolation"),
-            ("-1", "PropertyConstraintViolation"),
-            ("m-3", "NotSupported"),
+            ("-1", "MessageTypeNotSupported"),
+            ("m-3", "NotImplemented"),
             ("m-4", "ProtocolError"),
         ]
         assert csms.stats.bad_frames == 2
@@ -320,3 +326,33 @@ def test_seq_no_gaps_duplicates_and_offline_events_make_a_complete_record() -> N
     assert record.complete
     assert (record.offline_events, record.events, record.energy_wh) == (3, 5, 8_000.0)
     assert record.stopped_reason == "EVDisconnected"
+
+
+def test_a_sample_from_before_a_decrease_is_capped_until_a_newer_one_comes() -> None:
+    async def body(csms: Csms, station: Station) -> None:
+        await started(station, "tx-1")  # 16 A per phase
+        csms.hand_over(output({"ac-1": (16.0, None)}))
+        await asyncio.sleep(0.2)
+        csms.hand_over(output({"ac-1": (10.0, None)}))
+        await asyncio.sleep(0.2)
+        assert station.profiles[-1] == (1, "TxProfile", "A", 10.0)
+        snapshot = InputSnapshot()
+        csms.refresh(snapshot, time.time())
+        assert snapshot.connectors["ac-1"].current_a == (10.0, 10.0, 10.0), "the old 16 A says nothing about now"
+        # Within the charger's 0.5 s response delay it may still draw up to 16 A: still capped.
+        await station.call(call.MeterValues(evse_id=1, meter_value=meter(14.0, 9_660.0, 1_200.0)))
+        csms.refresh(snapshot, time.time())
+        assert snapshot.connectors["ac-1"].current_a == (10.0, 10.0, 10.0)
+        # After it, a sample is taken as it is, also when it shows the station drawing more than told.
+        await asyncio.sleep(0.5)
+        await station.call(call.MeterValues(evse_id=1, meter_value=meter(14.0, 9_660.0, 1_300.0)))
+        csms.refresh(snapshot, time.time())
+        assert snapshot.connectors["ac-1"].current_a == (14.0, 14.0, 14.0)
+        assert snapshot.connectors["ac-1"].power_w == 9_660.0
+        # An overdrawing station's sample is not capped by the next decrease either.
+        csms.hand_over(output({"ac-1": (8.0, None)}))
+        await asyncio.sleep(0.2)
+        csms.refresh(snapshot, time.time())
+        assert snapshot.connectors["ac-1"].current_a == (14.0, 14.0, 14.0)
+
+    with_station(19050, "AC1", "secret-ac1", body)

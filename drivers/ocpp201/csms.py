@@ -1,8 +1,9 @@
 """The controller as the charging stations' OCPP 2.0.1 CSMS: WebSocket server, station state, smart charging.
 
 Stations connect to ``ws[s]://HOST:PORT/ocpp/{stationId}`` with subprotocol ``ocpp2.0.1`` and HTTP Basic
-auth (Security Profile 1; profile 2 adds TLS). Unknown station ids get HTTP 404, a wrong password 401,
-a missing subprotocol a close with 1002.
+auth (Security Profile 1; profile 2 adds TLS; profile 3 replaces the password by a client certificate
+whose CN is the station id). Unknown station ids get HTTP 404, a wrong password or certificate 401, a
+missing subprotocol a close with 1002. A boot before the controller's first cycle is answered Pending.
 
 What the stations say becomes process-image readings (``refresh``, called by the cycle before it
 freezes): connector state (IEC 61851 letter), per-phase current, power, session energy, idToken. A
@@ -15,8 +16,11 @@ What the cycle decides goes out as profiles (``hand_over``): at boot a ChargingS
 EVSE 0 (the station's own ceiling should the controller go away) and TxUpdatedInterval; per running
 transaction a TxProfile (A for AC, W for DC; 0 pauses). A decrease is sent at once; an increase only
 beyond ``profile_deadband_a`` and at most every ``profile_min_interval_s`` per station. Every call has a
-timeout; a CallError or timeout is logged and counted, never swallowed. On reconnect the profiles are
-sent again.
+timeout; a CallError or timeout is logged and counted, never swallowed. On every (re)connection the
+profiles are sent again — a station that reconnects without booting is known from before; one the CSMS
+has never seen boot is asked to (TriggerMessage). Every ``verify_interval_s`` the CSMS asks each station
+with a transaction what it applies (GetCompositeSchedule) and, where it applies other than it was told,
+sends its profiles again.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import logging
 import math
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,7 +42,7 @@ from http import HTTPStatus
 from typing import Any
 
 from ocpp.exceptions import OCPPError
-from ocpp.messages import CallError, unpack
+from ocpp.messages import CallError, MessageType, unpack
 from ocpp.routing import on
 from ocpp.v201 import ChargePoint, call, call_result, datatypes, enums
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -45,7 +50,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from controller.config import OcppConfig, SiteConfig
+from controller.config import ConfigError, ConfigIssue, OcppConfig, SiteConfig
 from controller.image import ConnectorReading, InputSnapshot, SessionRequest
 from controller.program import CycleOutput
 from drivers.ocpp201.measurands import parse_meter_values
@@ -59,6 +64,17 @@ STALE_MARGIN_S = 5.0
 TX_PROFILE_STACK_LEVEL = 0
 MAX_PROFILE_ID = 1
 """ChargingStationMaxProfile id; TxProfile ids are 100 + EVSE id, so a new one replaces the old."""
+TX_DEFAULT_PROFILE_ID = 2
+BOOT_GRACE_S = 3.0
+"""A connected station that has not booted within this is asked to (TriggerMessage BootNotification)."""
+PENDING_INTERVAL_S = 2
+"""Boot retry interval told to stations that boot before the controller's first cycle."""
+VERIFY_TOLERANCE = 0.5
+"""A composite schedule off the TxProfile by more than this (A, or that many A per phase in W) is a mismatch."""
+MAX_RECORDS = 5000
+"""Transaction records kept; the oldest ended ones go first."""
+
+_V201_ACTIONS = frozenset(a.value for a in enums.Action)
 
 _STATE_BY_CHARGING_STATE = {
     "Charging": "C2",
@@ -123,6 +139,12 @@ class EvseState:
     """The limit the cycle wants (A for AC, W for DC)."""
     sent: float | None = None
     sent_ts: float = -math.inf
+    lowered_ts: float = -math.inf
+    """When the last decrease was accepted: meter values sampled before it say nothing about now."""
+    before_lowered: float = 0.0
+    """The limit the last decrease came from: the charger may draw it for its response delay."""
+    sampled_under: float | None = None
+    """What the charger was allowed to draw when the last meter values came."""
     request: SessionRequest | None = None
 
     @property
@@ -158,6 +180,11 @@ class StationState:
     calls: int = 0
     call_errors: int = 0
     timeouts: int = 0
+    rejected: int = 0
+    """Calls the station answered with a Rejected (or otherwise not Accepted) status."""
+    mismatches: int = 0
+    """Composite schedules above what the station was told."""
+    verified_ts: float = -math.inf
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -165,8 +192,10 @@ class StationState:
 class CsmsStats:
     connects: int = 0
     refused: int = 0
-    transaction_event_response_s: list[float] = field(default_factory=list)
+    transaction_event_response_s: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
+    """Time from a TransactionEvent frame to its answer sent, newest 100 000."""
     bad_frames: int = 0
+    unknown_actions: int = 0
 
 
 class StationLink(ChargePoint):  # type: ignore[misc]  # the ocpp library is untyped
@@ -182,12 +211,23 @@ class StationLink(ChargePoint):  # type: ignore[misc]  # the ocpp library is unt
     async def route_message(self, raw_msg: str | bytes) -> None:
         """The library only logs a frame it cannot unpack; OCPP-J wants a CallError back (message id if known)."""
         try:
-            unpack(raw_msg)
+            message = unpack(raw_msg)
         except OCPPError as error:
             self.csms.stats.bad_frames += 1
             unique_id = _message_id(raw_msg)
-            log.warning("%s: bad frame (%s): %.200s", self.id, error.code, raw_msg)
-            await self._send(CallError(unique_id, error.code, error.description, error.details or {}).to_json())
+            code = "MessageTypeNotSupported" if _unknown_message_type(raw_msg) else error.code
+            log.warning("%s: bad frame (%s): %.200s", self.id, code, raw_msg)
+            await self._send(CallError(unique_id, code, error.description, error.details or {}).to_json())
+            return
+        self.state.last_seen_ts = self.csms.clock()
+        if message.message_type_id == MessageType.Call and message.action not in self.route_map:
+            # OCPP-J 2.0.1 §4.3: NotImplemented for an action the receiver does not know, NotSupported for
+            # one it knows but does not handle (the library answers the other way round).
+            known = message.action in _V201_ACTIONS
+            code = "NotSupported" if known else "NotImplemented"
+            self.csms.stats.unknown_actions += 1
+            log.warning("%s: %s action %r", self.id, "unsupported" if known else "unknown", message.action)
+            await self._send(CallError(message.unique_id, code, f"{message.action} is not handled here", {}).to_json())
             return
         start = time.perf_counter()
         await super().route_message(raw_msg)
@@ -201,6 +241,13 @@ class StationLink(ChargePoint):  # type: ignore[misc]  # the ocpp library is unt
         log.info(
             "%s: boot (%s) %s %s", self.id, reason, charging_station.get("vendor_name"), charging_station.get("model")
         )
+        if not self.csms.ready:
+            log.info("%s: boot answered Pending: the controller has not run its first cycle", self.id)
+            return call_result.BootNotification(
+                current_time=_iso(self.csms.clock()),
+                interval=PENDING_INTERVAL_S,
+                status=enums.RegistrationStatusEnumType.pending,
+            )
         self.state.booted = True
         self.csms.after_boot(self.state)
         return call_result.BootNotification(
@@ -296,6 +343,15 @@ def _message_id(raw: str | bytes) -> str:
     return "-1"
 
 
+def _unknown_message_type(raw: str | bytes) -> bool:
+    """A JSON array whose first element is a number other than 2, 3, 4 (OCPP-J 2.0.1: MessageTypeNotSupported)."""
+    try:
+        frame = json.loads(raw)
+    except (ValueError, TypeError):
+        return False
+    return isinstance(frame, list) and bool(frame) and type(frame[0]) is int and frame[0] not in (2, 3, 4)
+
+
 def _action_of(raw: str | bytes) -> str | None:
     try:
         frame = json.loads(raw)
@@ -325,16 +381,16 @@ class Csms:
         self.tokens = {u.id_token: u for u in site.priorities.users}
         self.transactions: dict[str, TransactionRecord] = {}
         self.stats = CsmsStats()
+        self.ready = False
+        """Set by the first hand-over: before it, boots are answered Pending."""
         self._server: Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- the server ------------------------------------------------------------------------------
 
     async def start(self, ssl_context: ssl.SSLContext | None = None) -> None:
-        if self.config.security_profile == 2 and ssl_context is None:
-            ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            assert self.config.tls_cert is not None
-            ssl_context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        if self.config.security_profile >= 2 and ssl_context is None:
+            ssl_context = self._tls_context()
         self._server = await serve(
             self._serve,
             self.config.host,
@@ -354,6 +410,24 @@ class Csms:
             len(self.stations),
         )
 
+    def _tls_context(self) -> ssl.SSLContext:
+        """TLS >= 1.2, the configured certificate and, for profile 3, the stations' CA; ConfigError if unusable."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        assert self.config.tls_cert is not None
+        try:
+            context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        except (OSError, ssl.SSLError) as err:
+            raise ConfigError([ConfigIssue("ocpp.tls_cert", f"cannot load certificate/key: {err}")]) from err
+        if self.config.security_profile == 3:
+            assert self.config.tls_ca is not None
+            context.verify_mode = ssl.CERT_REQUIRED
+            try:
+                context.load_verify_locations(self.config.tls_ca)
+            except (OSError, ssl.SSLError) as err:
+                raise ConfigError([ConfigIssue("ocpp.tls_ca", f"cannot load the stations' CA: {err}")]) from err
+        return context
+
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
@@ -369,6 +443,13 @@ class Csms:
             self.stats.refused += 1
             log.warning("OCPP connection refused: unknown station id in path %r", request.path)
             return connection.respond(HTTPStatus.NOT_FOUND, "unknown station\n")
+        if self.config.security_profile == 3:
+            common_name = _peer_common_name(connection)
+            if common_name == station_id:
+                return None
+            self.stats.refused += 1
+            log.warning("%s: OCPP connection refused: client certificate CN %r", station_id, common_name)
+            return connection.respond(HTTPStatus.UNAUTHORIZED, "certificate does not name this station\n")
         password = _basic_password(request.headers, station_id)
         if password is None or not state.spec.password_ok(password):
             self.stats.refused += 1
@@ -390,9 +471,11 @@ class Csms:
             await state.connection.close(1000, "replaced by a new connection")
         link = StationLink(self, state, connection)
         state.link, state.connection = link, connection
-        state.booted = False
         self.stats.connects += 1
-        log.info("%s connected", station_id)
+        log.info("%s connected%s", station_id, " (booted before: profiles are sent again)" if state.booted else "")
+        for evse in state.evses.values():
+            evse.sent = None
+        state.wake.set()
         sender = asyncio.create_task(self._sender(state, link), name=f"ocpp-send-{station_id}")
         try:
             await link.start()
@@ -445,6 +528,10 @@ class Csms:
         if record is None:
             record = TransactionRecord(tx_id, state.spec.id, evse_id, evse.spec.connector.id)
             self.transactions[tx_id] = record
+            if len(self.transactions) > MAX_RECORDS:
+                oldest = next((k for k, r in self.transactions.items() if r.ended_ts is not None), None)
+                if oldest is not None:
+                    del self.transactions[oldest]
         if record.seq_nos and seq_no in record.seq_nos:
             log.warning("%s: tx %s seqNo %d received twice", state.spec.id, tx_id, seq_no)
         elif record.seq_nos and seq_no != max(record.seq_nos) + 1:
@@ -519,7 +606,10 @@ class Csms:
                 evse.current_a = (per_phase, per_phase, per_phase)
         if sample.energy_wh is not None:
             evse.energy_register_wh = sample.energy_wh
-        evse.measured_ts = self.clock()
+        now = self.clock()
+        evse.measured_ts = now
+        settling = now < evse.lowered_ts + evse.spec.connector.response_delay_s
+        evse.sampled_under = max(evse.sent or 0.0, evse.before_lowered) if settling else evse.sent
         return session_wh
 
     # -- the cycle ---------------------------------------------------------------------------------
@@ -535,10 +625,14 @@ class Csms:
             letter = evse.letter()
             ts = now if letter != "C2" or now - evse.measured_ts <= max_age_s else evse.measured_ts
             charging = letter in ("C2", "B2") and evse.transaction_id is not None
+            current_a, power_w = (evse.current_a, evse.power_w) if charging else ((0.0, 0.0, 0.0), 0.0)
+            settled_ts = evse.lowered_ts + evse.spec.connector.response_delay_s
+            if charging and evse.measured_ts < settled_ts and evse.sent is not None and self._obeyed(evse):
+                current_a, power_w = self._lowered(evse, current_a, power_w, evse.sent)
             snapshot.connectors[connector_id] = ConnectorReading(
                 letter,
-                evse.current_a if charging else (0.0, 0.0, 0.0),
-                evse.power_w if charging else 0.0,
+                current_a,
+                power_w,
                 evse.session_wh(),
                 evse.id_token,
                 ts,
@@ -548,8 +642,41 @@ class Csms:
             else:
                 snapshot.requests.pop(connector_id, None)
 
+    def _obeyed(self, evse: EvseState) -> bool:
+        """The last sample was within what the charger was allowed then: the station follows its profiles.
+
+        One that overdrew keeps its sample as it is, so the controller goes on seeing the overdraw.
+        """
+        if evse.sampled_under is None:
+            return True  # taken before the station had been told anything: nothing to overdraw
+        tolerance_a = self.site.control.overdraw_tolerance_a
+        if evse.unit == "W":
+            return evse.power_w <= evse.sampled_under + tolerance_a * 3 * self.site.site.nominal_voltage_v
+        return max(evse.current_a) <= evse.sampled_under + tolerance_a
+
+    def _lowered(
+        self, evse: EvseState, current_a: tuple[float, float, float], power_w: float, limit: float
+    ) -> tuple[tuple[float, float, float], float]:
+        """A sample from before a decrease had settled, capped at the new limit.
+
+        Meter values come every TxUpdatedInterval; until one arrives that was taken after the decrease and
+        the charger's response delay, the old, higher current would make a metered node's uncontrolled
+        load (meter minus what the chargers draw) look smaller than it is, and the charger look like it
+        overdraws. Capping it errs the other way: that load looks larger while the charger comes down.
+        A charger that does not come down shows in its next sample; one that overdrew is not capped
+        (see ``_obeyed``).
+        """
+        if evse.unit == "W":
+            power_w = min(power_w, limit)
+            per_phase = power_w / (3 * self.site.site.nominal_voltage_v)
+            return (per_phase, per_phase, per_phase), power_w
+        capped = (min(current_a[0], limit), min(current_a[1], limit), min(current_a[2], limit))
+        scale = sum(capped) / sum(current_a) if sum(current_a) > 0 else 0.0
+        return capped, power_w * scale
+
     def hand_over(self, output: CycleOutput) -> None:
         """Take the cycle's setpoints; senders wake for what must go out."""
+        self.ready = True
         for setpoint in output.setpoints:
             pair = self.by_connector.get(setpoint.connector)
             if pair is None:
@@ -576,10 +703,19 @@ class Csms:
     async def _sender(self, state: StationState, link: StationLink) -> None:
         """Per connection: after boot the max profile and interval, then every due TxProfile, newest value."""
         configured = False
+        if not state.booted:
+            self._later(state, BOOT_GRACE_S)
+        connected_ts = self.clock()
         while True:
             await state.wake.wait()
             state.wake.clear()
             if not state.booted:
+                if self.ready and self.clock() - connected_ts >= BOOT_GRACE_S:
+                    # Connected (perhaps after a CSMS restart) but silent about its boot: ask for it.
+                    trigger = call.TriggerMessage(requested_message=enums.MessageTriggerEnumType.boot_notification)
+                    await self._call(state, link, trigger)
+                    connected_ts = self.clock()
+                    self._later(state, BOOT_GRACE_S)
                 continue
             if not configured:
                 configured = await self._configure(state, link)
@@ -587,11 +723,47 @@ class Csms:
             for evse in state.evses.values():
                 if self._due(evse, now):
                     await self._send_tx_profile(state, link, evse)
+            if self.config.verify_interval_s > 0 and now - state.verified_ts >= self.config.verify_interval_s:
+                state.verified_ts = now
+                if not await self._verify(state, link):
+                    configured = False  # it lost its profiles (a restart?): the max and default ones too
+                    state.wake.set()
+                self._later(state, self.config.verify_interval_s)
             # Increases held back by the rate limit: look again when they may go.
             if any(e.transaction_id and e.sent is not None and e.wanted > e.sent for e in state.evses.values()):
                 self._later(state, self.config.profile_min_interval_s)
 
+    async def _verify(self, state: StationState, link: StationLink) -> bool:
+        """GetCompositeSchedule per EVSE with a transaction; False if one applies other than it was told.
+
+        Such an EVSE gets its TxProfile again (and the caller re-sends the station's max and default profiles).
+        """
+        matches = True
+        for evse in state.evses.values():
+            if evse.transaction_id is None or evse.sent is None:
+                continue
+            result = await self._composite(state, link, evse, 60)
+            if result is None or result.status != "Accepted" or not result.schedule:
+                continue
+            periods = result.schedule.get("charging_schedule_period") or []
+            applied = periods[0].get("limit") if periods else None
+            tolerance = VERIFY_TOLERANCE * (3 * self.site.site.nominal_voltage_v if evse.unit == "W" else 1.0)
+            if isinstance(applied, int | float) and abs(applied - evse.sent) > tolerance:
+                matches = False
+                state.mismatches += 1
+                log.warning(
+                    "%s EVSE %d applies %g %s, told %g: its profiles are sent again",
+                    state.spec.id,
+                    evse.spec.evse_id,
+                    applied,
+                    evse.unit,
+                    evse.sent,
+                )
+                evse.sent = None
+        return matches
+
     def _later(self, state: StationState, delay_s: float) -> None:
+        """Wake the station's sender after ``delay_s``."""
         loop = asyncio.get_running_loop()
         loop.call_later(delay_s, state.wake.set)
 
@@ -641,6 +813,24 @@ class Csms:
         result = await self._call(state, link, call.SetChargingProfile(evse_id=0, charging_profile=profile))
         if result is not None and result.status != "Accepted":
             log.warning("%s: ChargingStationMaxProfile %s", state.spec.id, result.status)
+        default = datatypes.ChargingProfileType(
+            id=TX_DEFAULT_PROFILE_ID,
+            stack_level=0,
+            charging_profile_purpose=enums.ChargingProfilePurposeEnumType.tx_default_profile,
+            charging_profile_kind=enums.ChargingProfileKindEnumType.relative,
+            charging_schedule=[
+                datatypes.ChargingScheduleType(
+                    id=TX_DEFAULT_PROFILE_ID,
+                    charging_rate_unit=enums.ChargingRateUnitEnumType.amps,
+                    charging_schedule_period=[
+                        datatypes.ChargingSchedulePeriodType(start_period=0, limit=self.config.tx_default_current_a)
+                    ],
+                )
+            ],
+        )
+        result = await self._call(state, link, call.SetChargingProfile(evse_id=0, charging_profile=default))
+        if result is not None and result.status != "Accepted":
+            log.warning("%s: TxDefaultProfile %s", state.spec.id, result.status)
         return True
 
     async def _send_tx_profile(self, state: StationState, link: StationLink, evse: EvseState) -> None:
@@ -670,21 +860,162 @@ class Csms:
         if result is None:
             return
         if result.status == "Accepted":
+            if evse.sent is not None and limit < evse.sent:
+                evse.lowered_ts, evse.before_lowered = sent_ts, evse.sent
             evse.sent, evse.sent_ts = limit, sent_ts
         else:
             log.warning(
                 "%s EVSE %d: TxProfile %g %s %s", state.spec.id, evse.spec.evse_id, limit, evse.unit, result.status
             )
 
+    async def _composite(self, state: StationState, link: StationLink, evse: EvseState, duration_s: int) -> Any:
+        unit = enums.ChargingRateUnitEnumType.watts if evse.unit == "W" else enums.ChargingRateUnitEnumType.amps
+        request = call.GetCompositeSchedule(duration=duration_s, evse_id=evse.spec.evse_id, charging_rate_unit=unit)
+        return await self._call(state, link, request)
+
+    # -- operations (operator, OPC UA, cloud) -------------------------------------------------------
+
+    async def request(self, station_id: str, payload: Any) -> Any | None:
+        """Send one call to a connected station: its result, or None (not connected, CallError, timeout).
+
+        A result whose status is not Accepted is logged and counted as rejected.
+        """
+        state = self.stations.get(station_id)
+        if state is None:
+            raise KeyError(f"unknown OCPP station {station_id!r}")
+        if state.link is None:
+            log.warning("%s: %s not sent: the station is not connected", station_id, type(payload).__name__)
+            return None
+        result = await self._call(state, state.link, payload)
+        status = getattr(result, "status", None)
+        if status is not None and status != "Accepted":
+            state.rejected += 1
+            log.warning("%s: %s answered %s", station_id, type(payload).__name__, status)
+        return result
+
     async def composite_schedule(self, station_id: str, evse_id: int, duration_s: int = 60) -> Any | None:
         """Ask the station what it applies (GetCompositeSchedule), to verify the profiles."""
         state = self.stations[station_id]
         if state.link is None:
             return None
-        evse = state.evses[evse_id]
-        unit = enums.ChargingRateUnitEnumType.watts if evse.unit == "W" else enums.ChargingRateUnitEnumType.amps
-        request = call.GetCompositeSchedule(duration=duration_s, evse_id=evse_id, charging_rate_unit=unit)
-        return await self._call(state, state.link, request)
+        return await self._composite(state, state.link, state.evses[evse_id], duration_s)
+
+    async def clear_tx_profile(self, station_id: str, evse_id: int) -> Any | None:
+        """ClearChargingProfile of the controller's TxProfile on one EVSE (the station falls back to its default)."""
+        result = await self.request(station_id, call.ClearChargingProfile(charging_profile_id=100 + evse_id))
+        if result is not None:
+            self.stations[station_id].evses[evse_id].sent = None
+        return result
+
+    async def request_start(self, station_id: str, evse_id: int, id_token: str, remote_start_id: int) -> Any | None:
+        token = datatypes.IdTokenType(id_token=id_token, type=enums.IdTokenEnumType.central)
+        payload = call.RequestStartTransaction(id_token=token, remote_start_id=remote_start_id, evse_id=evse_id)
+        return await self.request(station_id, payload)
+
+    async def request_stop(self, station_id: str, transaction_id: str) -> Any | None:
+        return await self.request(station_id, call.RequestStopTransaction(transaction_id=transaction_id))
+
+    async def change_availability(self, station_id: str, evse_id: int, operative: bool) -> Any | None:
+        """ChangeAvailability of one EVSE (0: the whole station)."""
+        status = enums.OperationalStatusEnumType.operative if operative else enums.OperationalStatusEnumType.inoperative
+        evse = datatypes.EVSEType(id=evse_id) if evse_id else None
+        return await self.request(station_id, call.ChangeAvailability(operational_status=status, evse=evse))
+
+    async def get_variables(self, station_id: str, variables: list[tuple[str, str]]) -> dict[str, str | None]:
+        """GetVariables: ``{"Component.Variable": value or None}`` for each (component, variable)."""
+        data = [
+            datatypes.GetVariableDataType(
+                component=datatypes.ComponentType(name=c), variable=datatypes.VariableType(name=v)
+            )
+            for c, v in variables
+        ]
+        result = await self.request(station_id, call.GetVariables(get_variable_data=data))
+        values: dict[str, str | None] = {f"{c}.{v}": None for c, v in variables}
+        for item in result.get_variable_result if result is not None else []:
+            key = f"{item['component']['name']}.{item['variable']['name']}"
+            values[key] = item.get("attribute_value") if item.get("attribute_status") == "Accepted" else None
+        return values
+
+    async def trigger_message(self, station_id: str, message: str, evse_id: int | None = None) -> Any | None:
+        evse = datatypes.EVSEType(id=evse_id) if evse_id else None
+        payload = call.TriggerMessage(requested_message=enums.MessageTriggerEnumType(message), evse=evse)
+        return await self.request(station_id, payload)
+
+    async def reset(self, station_id: str, immediate: bool = False) -> Any | None:
+        """Reset: OnIdle waits for the station's transactions to end, Immediate does not."""
+        kind = enums.ResetEnumType.immediate if immediate else enums.ResetEnumType.on_idle
+        return await self.request(station_id, call.Reset(type=kind))
+
+    def report(self) -> dict[str, Any]:
+        """Per-station counters, TransactionEvent response times and the transaction records (for --stats-json)."""
+        times = sorted(self.stats.transaction_event_response_s)
+        return {
+            "connects": self.stats.connects,
+            "refused": self.stats.refused,
+            "bad_frames": self.stats.bad_frames,
+            "unknown_actions": self.stats.unknown_actions,
+            "transaction_events": len(times),
+            "transaction_event_response_p50_ms": _percentile_ms(times, 0.50),
+            "transaction_event_response_p99_ms": _percentile_ms(times, 0.99),
+            "stations": {
+                sid: {
+                    "connected": s.link is not None,
+                    "booted": s.booted,
+                    "calls": s.calls,
+                    "errors": s.call_errors,
+                    "timeouts": s.timeouts,
+                    "rejected": s.rejected,
+                    "mismatches": s.mismatches,
+                    "last_seen": _iso(s.last_seen_ts) if math.isfinite(s.last_seen_ts) else None,
+                    "evses": {
+                        str(evse_id): {
+                            "connector": e.spec.connector.id,
+                            "status": e.status,
+                            "state": e.letter(),
+                            "transaction_id": e.transaction_id,
+                            "id_token": e.id_token,
+                            "limit": e.sent,
+                            "unit": e.unit,
+                        }
+                        for evse_id, e in s.evses.items()
+                    },
+                }
+                for sid, s in self.stations.items()
+            },
+            "transactions": {
+                tx_id: {
+                    "station": r.station,
+                    "connector": r.connector,
+                    "id_token": r.id_token,
+                    "events": r.events,
+                    "offline_events": r.offline_events,
+                    "complete": r.complete,
+                    "ended": r.ended_ts is not None,
+                    "energy_wh": r.energy_wh,
+                    "stopped_reason": r.stopped_reason,
+                }
+                for tx_id, r in self.transactions.items()
+            },
+        }
+
+
+def _percentile_ms(sorted_s: list[float], q: float) -> float | None:
+    if not sorted_s:
+        return None
+    return round(sorted_s[min(len(sorted_s) - 1, int(q * len(sorted_s)))] * 1000.0, 3)
+
+
+def _peer_common_name(connection: ServerConnection) -> str | None:
+    """The CN of the client certificate of a TLS connection (verified by the SSL context), else None."""
+    transport = connection.transport
+    peer = transport.get_extra_info("peercert") if transport is not None else None
+    if not peer:
+        return None
+    for rdn in peer.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
 
 
 def _basic_password(headers: Headers, station_id: str) -> str | None:

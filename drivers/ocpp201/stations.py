@@ -2,8 +2,9 @@
 
 A station entry names its connectors in EVSE order (EVSE 1, 2, ...) and its Basic-auth password, as
 ``options.password_sha256`` (hex digest, recommended) or ``options.password`` (plain, for labs and the
-HIL). ``options.max_current_a`` is the ChargingStationMaxProfile the CSMS sends at boot — the station's
-own ceiling if the controller goes away — by default the limit of the node the station hangs from.
+HIL); under security profile 3 (client certificates) it may be left out. ``options.max_current_a`` is
+the ChargingStationMaxProfile the CSMS sends at boot — the station's own ceiling if the controller goes
+away — by default the limit of the node the station hangs from.
 Every connector's ``fallback_current_a`` must cover it, since a disconnected station is assumed to draw
 up to it.
 """
@@ -34,6 +35,8 @@ class StationSpec:
     max_current_a: float
 
     def password_ok(self, password: str) -> bool:
+        if not self.password_sha256:
+            return False
         digest = hashlib.sha256(password.encode("utf-8")).hexdigest()
         return hmac.compare_digest(digest, self.password_sha256)
 
@@ -58,7 +61,11 @@ def _compile(site: SiteConfig, device: DeviceConfig, path: str) -> tuple[Station
             issues.append(ConfigIssue(f"{path}.{other}", "an OCPP station serves connectors only"))
     plain = device.options.get("password")
     hashed = device.options.get("password_sha256")
-    if (plain is None) == (hashed is None):
+    certificates = site.ocpp is not None and site.ocpp.security_profile == 3
+    if plain is not None and hashed is not None:
+        issues.append(ConfigIssue(f"{path}.options", "give exactly one of password_sha256 (recommended) or password"))
+    elif plain is None and hashed is None and not certificates:
+        # Profile 3 identifies a station by its client certificate; 1 and 2 by its password.
         issues.append(ConfigIssue(f"{path}.options", "give exactly one of password_sha256 (recommended) or password"))
     elif plain is not None and (not isinstance(plain, str) or not 8 <= len(plain) <= 40):
         # OCPP 2.0.1 BasicAuthPassword: 16..40 characters is the spec's advice; labs use shorter ones.
@@ -80,7 +87,12 @@ def _compile(site: SiteConfig, device: DeviceConfig, path: str) -> tuple[Station
                     f"station's max profile {max_current:g} A, which a disconnected station may draw",
                 )
             )
-    digest = hashed if isinstance(hashed, str) else hashlib.sha256(str(plain).encode("utf-8")).hexdigest()
+    if isinstance(hashed, str):
+        digest = hashed
+    elif plain is not None:
+        digest = hashlib.sha256(str(plain).encode("utf-8")).hexdigest()
+    else:
+        digest = ""  # profile 3 without a password: no Basic-auth password ever matches
     return StationSpec(device.id, digest.lower(), evses, float(max_current)), issues
 
 
