@@ -131,6 +131,19 @@ class DeviceFault(_Event):
     delay_ms: Annotated[int, Field(ge=0, le=60_000)] = 0
 
 
+OcppFaultKind = Literal[
+    "offline",
+    "unresponsive",
+    "overdraw",
+    "malformed_json",
+    "wrong_message_type",
+    "unknown_action",
+    "schema_invalid",
+    "duplicate_seq_no",
+    "out_of_order_seq_no",
+]
+
+
 class OcppFault(_Event):
     """A fault of one simulated OCPP station (HIL only; ``plaza-ems sim`` plays ``offline`` as a silent charger).
 
@@ -139,17 +152,7 @@ class OcppFault(_Event):
 
     type: Literal["ocpp_fault"]
     station: str
-    fault: Literal[
-        "offline",
-        "unresponsive",
-        "overdraw",
-        "malformed_json",
-        "wrong_message_type",
-        "unknown_action",
-        "schema_invalid",
-        "duplicate_seq_no",
-        "out_of_order_seq_no",
-    ]
+    fault: OcppFaultKind
     duration_s: PositiveF = 1.0
 
 

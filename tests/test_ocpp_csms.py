@@ -6,7 +6,6 @@ Ports 19000-19099. Every test is bounded to a few seconds.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -14,17 +13,15 @@ from typing import Any
 
 import pytest
 import websockets
-from ocpp.routing import on
-from ocpp.v201 import ChargePoint, call, call_result, enums
+from ocpp.v201 import call
 from websockets.exceptions import InvalidStatus
 
 from controller.config import SiteConfig, parse_config
 from controller.image import InputSnapshot
-from controller.interlocks import SiteMode
-from controller.program import ConnectorSetpoint, CycleOutput
 from drivers.ocpp201.csms import Csms
 from drivers.ocpp201.measurands import parse_meter_values
 from drivers.ocpp201.stations import compile_stations
+from tests.ocpp_helpers import Station, auth, output
 
 SITE = """
 site: {{id: ocpp}}
@@ -49,55 +46,6 @@ devices:
 
 def site(port: int, text: str = SITE) -> SiteConfig:
     return parse_config(text.format(port=port)).config
-
-
-def auth(user: str, password: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
-
-
-class Station(ChargePoint):  # type: ignore[misc]
-    """The least a station does: accept profiles and variables, and remember them."""
-
-    def __init__(self, station_id: str, connection: Any) -> None:
-        super().__init__(station_id, connection)
-        self.profiles: list[tuple[int, str, str, float]] = []
-        self.raw: list[str] = []
-
-    async def route_message(self, raw_msg: str) -> None:
-        self.raw.append(raw_msg)
-        await super().route_message(raw_msg)
-
-    @on(enums.Action.set_charging_profile)
-    def on_profile(self, evse_id: int, charging_profile: dict[str, Any], **_: Any) -> call_result.SetChargingProfile:
-        schedule = charging_profile["charging_schedule"][0]
-        limit = schedule["charging_schedule_period"][0]["limit"]
-        self.profiles.append(
-            (evse_id, charging_profile["charging_profile_purpose"], schedule["charging_rate_unit"], limit)
-        )
-        return call_result.SetChargingProfile(status="Accepted")
-
-    @on(enums.Action.set_variables)
-    def on_variables(self, set_variable_data: list[dict[str, Any]], **_: Any) -> call_result.SetVariables:
-        return call_result.SetVariables(
-            set_variable_result=[
-                {"attribute_status": "Accepted", "component": d["component"], "variable": d["variable"]}
-                for d in set_variable_data
-            ]
-        )
-
-
-def output(setpoints: dict[str, tuple[float, float | None]], mode: SiteMode = SiteMode.NORMAL) -> CycleOutput:
-    return CycleOutput(
-        t=time.time(),
-        mode=mode,
-        setpoints=tuple(ConnectorSetpoint(c, a, p) for c, (a, p) in setpoints.items()),
-        batteries=(),
-        limits=(),
-        uncontrolled=None,
-        dso_pct=100.0,
-        latches={},
-        events=(),
-    )
 
 
 def meter(current_a: float, power_w: float, energy_wh: float) -> list[dict[str, Any]]:

@@ -8,10 +8,8 @@ bounded to a few seconds.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import ssl
-import time
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,17 +18,15 @@ from typing import Any
 
 import pytest
 import websockets
-from ocpp.routing import on
-from ocpp.v201 import ChargePoint, call, call_result, enums
+from ocpp.v201 import call
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidStatus
 
 from controller.config import ConfigError, SiteConfig, parse_config
-from controller.interlocks import SiteMode
-from controller.program import CycleOutput
 from drivers.ocpp201.csms import Csms
 from drivers.ocpp201.stations import compile_stations
 from plaza_ems.cli import main
+from tests.ocpp_helpers import Station, auth, output
 from tests.tlsutil import OPENSSL, KeyPair, Pki, client_context, make_pki
 
 pytestmark = pytest.mark.skipif(OPENSSL is None, reason="the openssl command line makes the test certificates")
@@ -76,42 +72,9 @@ def site(port: int, profile: int, pki: Pki) -> SiteConfig:
     return parse_config(site_text(port, profile, pki)).config
 
 
-def auth(user: str, password: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
-
-
 def ready(csms: Csms) -> None:
     """Hand over an empty cycle output: the controller has run, so boots are Accepted, not Pending."""
-    csms.hand_over(
-        CycleOutput(
-            t=time.time(),
-            mode=SiteMode.NORMAL,
-            setpoints=(),
-            batteries=(),
-            limits=(),
-            uncontrolled=None,
-            dso_pct=100.0,
-            latches={},
-            events=(),
-        )
-    )
-
-
-class Station(ChargePoint):  # type: ignore[misc]  # the ocpp library is untyped
-    """Boots and accepts what the CSMS sends after the boot."""
-
-    @on(enums.Action.set_charging_profile)
-    def on_profile(self, **_: Any) -> call_result.SetChargingProfile:
-        return call_result.SetChargingProfile(status="Accepted")
-
-    @on(enums.Action.set_variables)
-    def on_variables(self, set_variable_data: list[dict[str, Any]], **_: Any) -> call_result.SetVariables:
-        return call_result.SetVariables(
-            set_variable_result=[
-                {"attribute_status": "Accepted", "component": d["component"], "variable": d["variable"]}
-                for d in set_variable_data
-            ]
-        )
+    csms.hand_over(output({}))
 
 
 @asynccontextmanager

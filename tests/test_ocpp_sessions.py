@@ -23,11 +23,10 @@ import pytest
 
 from controller.config import SiteConfig, parse_config
 from controller.image import InputSnapshot
-from controller.interlocks import SiteMode
-from controller.program import ConnectorSetpoint, CycleOutput
 from drivers.ocpp201.csms import Csms
 from hil.ocpp201.station import SimStation
 from hil.plant import Ev, EvSpec, Plant
+from tests.ocpp_helpers import output
 
 SCHEMAS = Path(ocpp.v201.__file__).parent / "schemas"
 CALL, CALL_RESULT, CALL_ERROR = 2, 3, 4
@@ -103,19 +102,6 @@ class Rig:
         )
         self.plant.chargers[connector].plug_in(Ev(spec, soc=spec.soc0))
 
-    def output(self) -> CycleOutput:
-        return CycleOutput(
-            t=time.time(),
-            mode=SiteMode.NORMAL,
-            setpoints=tuple(ConnectorSetpoint(c, a, p) for c, (a, p) in self.setpoints.items()),
-            batteries=(),
-            limits=(),
-            uncontrolled=None,
-            dso_pct=100.0,
-            latches={},
-            events=(),
-        )
-
     async def run_for(self, seconds: float) -> None:
         end = time.time() + seconds
         last = time.time()
@@ -127,7 +113,7 @@ class Rig:
             for station in self.stations.values():
                 station.update(now)
             self.csms.refresh(self.snapshot, now)
-            self.csms.hand_over(self.output())
+            self.csms.hand_over(output(self.setpoints))
 
     async def until(self, condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
         end = time.time() + timeout_s
@@ -142,7 +128,7 @@ def with_rig(port: int, body: Callable[[Rig], Awaitable[None]]) -> Rig:
     rig = Rig(site, Csms(site), plant, {d.id: SimStation(site, d, plant) for d in site.devices})
 
     async def main() -> None:
-        rig.csms.hand_over(rig.output())
+        rig.csms.hand_over(output(rig.setpoints))
         await rig.csms.start()
         stop = asyncio.Event()
         tasks = [asyncio.create_task(s.run(stop)) for s in rig.stations.values()]

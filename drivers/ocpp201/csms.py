@@ -794,44 +794,46 @@ class Csms:
             ]
         )
         await self._call(state, link, interval)
+        await self._set_station_profile(
+            state,
+            link,
+            MAX_PROFILE_ID,
+            enums.ChargingProfilePurposeEnumType.charging_station_max_profile,
+            state.spec.max_current_a,
+        )
+        await self._set_station_profile(
+            state,
+            link,
+            TX_DEFAULT_PROFILE_ID,
+            enums.ChargingProfilePurposeEnumType.tx_default_profile,
+            self.config.tx_default_current_a,
+        )
+        return True
+
+    async def _set_station_profile(
+        self, state: StationState, link: StationLink, profile_id: int, purpose: str, limit_a: float
+    ) -> None:
+        """A station-wide profile on EVSE 0 in A: the max profile (absolute, from now) or the TxDefault (relative)."""
+        absolute = purpose == enums.ChargingProfilePurposeEnumType.charging_station_max_profile
         profile = datatypes.ChargingProfileType(
-            id=MAX_PROFILE_ID,
+            id=profile_id,
             stack_level=0,
-            charging_profile_purpose=enums.ChargingProfilePurposeEnumType.charging_station_max_profile,
-            charging_profile_kind=enums.ChargingProfileKindEnumType.absolute,
+            charging_profile_purpose=purpose,
+            charging_profile_kind=(
+                enums.ChargingProfileKindEnumType.absolute if absolute else enums.ChargingProfileKindEnumType.relative
+            ),
             charging_schedule=[
                 datatypes.ChargingScheduleType(
-                    id=MAX_PROFILE_ID,
-                    start_schedule=_iso(self.clock()),
+                    id=profile_id,
+                    start_schedule=_iso(self.clock()) if absolute else None,
                     charging_rate_unit=enums.ChargingRateUnitEnumType.amps,
-                    charging_schedule_period=[
-                        datatypes.ChargingSchedulePeriodType(start_period=0, limit=state.spec.max_current_a)
-                    ],
+                    charging_schedule_period=[datatypes.ChargingSchedulePeriodType(start_period=0, limit=limit_a)],
                 )
             ],
         )
         result = await self._call(state, link, call.SetChargingProfile(evse_id=0, charging_profile=profile))
         if result is not None and result.status != "Accepted":
-            log.warning("%s: ChargingStationMaxProfile %s", state.spec.id, result.status)
-        default = datatypes.ChargingProfileType(
-            id=TX_DEFAULT_PROFILE_ID,
-            stack_level=0,
-            charging_profile_purpose=enums.ChargingProfilePurposeEnumType.tx_default_profile,
-            charging_profile_kind=enums.ChargingProfileKindEnumType.relative,
-            charging_schedule=[
-                datatypes.ChargingScheduleType(
-                    id=TX_DEFAULT_PROFILE_ID,
-                    charging_rate_unit=enums.ChargingRateUnitEnumType.amps,
-                    charging_schedule_period=[
-                        datatypes.ChargingSchedulePeriodType(start_period=0, limit=self.config.tx_default_current_a)
-                    ],
-                )
-            ],
-        )
-        result = await self._call(state, link, call.SetChargingProfile(evse_id=0, charging_profile=default))
-        if result is not None and result.status != "Accepted":
-            log.warning("%s: TxDefaultProfile %s", state.spec.id, result.status)
-        return True
+            log.warning("%s: %s %s", state.spec.id, purpose, result.status)
 
     async def _send_tx_profile(self, state: StationState, link: StationLink, evse: EvseState) -> None:
         limit = evse.wanted

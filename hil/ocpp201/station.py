@@ -49,6 +49,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from controller.config import DeviceConfig, SiteConfig, walk_tree
 from hil.plant import IEC_MIN_A, ChargerSim, Plant
+from hil.scenario import OcppFaultKind
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +59,6 @@ RECONNECT_CAP_S = 5.0
 DEFAULT_TX_UPDATED_INTERVAL_S = 10.0
 CALL_TIMEOUT_S = 10.0
 
-StationFaultKind = Literal[
-    "offline",
-    "unresponsive",
-    "overdraw",
-    "malformed_json",
-    "wrong_message_type",
-    "unknown_action",
-    "schema_invalid",
-    "duplicate_seq_no",
-    "out_of_order_seq_no",
-]
 LASTING_FAULTS = frozenset({"offline", "unresponsive", "overdraw"})
 
 _BAD_FRAMES: dict[str, str] = {
@@ -144,7 +134,7 @@ class SimEvse:
 
 @dataclass(slots=True)
 class StationFault:
-    kind: StationFaultKind
+    kind: OcppFaultKind
     until_ts: float
 
 
@@ -295,12 +285,12 @@ class SimStation:
 
     # -- faults -------------------------------------------------------------------------------------
 
-    def fault_active(self, kind: StationFaultKind) -> bool:
+    def fault_active(self, kind: OcppFaultKind) -> bool:
         now = self.wall()
         self.faults = [f for f in self.faults if f.until_ts > now]
         return any(f.kind == kind for f in self.faults)
 
-    def inject(self, kind: StationFaultKind, duration_s: float) -> None:
+    def inject(self, kind: OcppFaultKind, duration_s: float) -> None:
         """Start a fault now: lasting ones for ``duration_s``, the frame faults once."""
         log.warning("%s: fault %s", self.id, kind)
         if kind in LASTING_FAULTS:
