@@ -1,7 +1,8 @@
 """The ``plaza-ems`` command: check a site file, simulate a scenario, benchmark, run, reset a latch.
 
 User errors (a broken file, an unknown id, missing data) print a clear message and exit non-zero
-without a traceback: exit 1 for an invalid site or scenario, 2 for bad usage, 3 for missing data.
+without a traceback: exit 1 for an invalid site or scenario, 2 for bad usage, 3 for missing data,
+4 for a benchmark that could not measure (``bench ocpp``: the controller died, stations did not connect).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from controller.site import compile_site
 EXIT_INVALID = 1
 EXIT_USAGE = 2
 EXIT_DATA = 3
+EXIT_BENCH = 4
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -85,6 +87,21 @@ def _bench(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     result = bench_scan(args.connectors, args.levels, args.cycles)
     print(json.dumps(result) if args.json else " ".join(f"{k}={v}" for k, v in result.items()))
+    return 0
+
+
+def _bench_ocpp(args: argparse.Namespace) -> int:
+    from plaza_ems.bench_ocpp import BenchError, bench_ocpp, format_table
+
+    if args.stations < 1 or args.duration < 5 or not 1024 <= args.port <= 65535:
+        print("error: need --stations >= 1, --duration >= 5, --port 1024..65535", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        result = bench_ocpp(args.stations, args.duration, args.port, Path(args.work_dir) if args.work_dir else None)
+    except BenchError as err:
+        print(f"error: bench ocpp: {err}", file=sys.stderr)
+        return EXIT_BENCH
+    print(json.dumps(result) if args.json else format_table(result))
     return 0
 
 
@@ -185,6 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--cycles", type=int, default=2000)
     scan.add_argument("--json", action="store_true")
     scan.set_defaults(func=_bench)
+    ocpp = bench_sub.add_parser(
+        "ocpp", help="the controller as CSMS of N simulated OCPP 2.0.1 stations on 127.0.0.1 (own process)"
+    )
+    ocpp.add_argument("--stations", type=int, default=200)
+    ocpp.add_argument("--duration", type=float, default=120.0, help="seconds the stations are served")
+    ocpp.add_argument("--port", type=int, default=19900, help="the CSMS port on 127.0.0.1")
+    ocpp.add_argument("--work-dir", default=None, help="keep the site file, scenario, log and stats here")
+    ocpp.add_argument("--json", action="store_true")
+    ocpp.set_defaults(func=_bench_ocpp)
 
     run = sub.add_parser(
         "run", help="run the controller in real time: field devices (--config) or an in-process plaza (--scenario)"
@@ -224,6 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The drivers report every device failure once, with device and register; pymodbus' own
     # per-request lines would repeat them every cycle.
     logging.getLogger("pymodbus").setLevel(logging.DEBUG if args.verbose else logging.CRITICAL)
+    # The ocpp library logs every frame at INFO; the CSMS logs what matters once, with the station id.
+    logging.getLogger("ocpp").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         code: int = args.func(args)
     except (ConfigError, ScenarioError) as err:
