@@ -191,6 +191,10 @@ def test_a_whole_session_validates_against_the_ocpp_201_schemas() -> None:
         rig.plug("dc1-1", 30, dc=True)
         await rig.until(lambda: rig.stations["AC1"].evses[0].profile_limits != [] and rig.csms.transactions != {})
         await rig.run_for(2.5)  # meter values, the composite-schedule check
+        request = rig.snapshot.requests["dc1-1"]  # ISO 15118 NotifyEVChargingNeeds -> the session's intent
+        assert request.energy_wh == 30_000.0
+        assert request.departure_ts is not None
+        assert abs(request.departure_ts - (time.time() + 27.5)) < 2.0
         rig.setpoints["ac1-1"] = (8.0, None)
         await rig.run_for(0.5)
         values = await csms.get_variables("AC1", [("SampledDataCtrlr", "TxUpdatedInterval"), ("Nope", "Nothing")])
@@ -330,3 +334,20 @@ def test_the_composite_schedule_check_resends_a_profile_the_station_does_not_app
     rig = with_rig(19140, body)
     limits = rig.stations[station_id].evses[0].profile_limits
     assert limits[-1][1] == limits[0][1], "the same TxProfile sent again"
+
+
+def test_an_unknown_badge_is_refused_per_policy_and_starts_nothing() -> None:
+    async def body(rig: Rig) -> None:
+        station = rig.stations["AC1"]
+        rig.setpoints = {"ac1-1": (16.0, None), "ac1-2": (16.0, None)}
+        rig.plug("ac1-1", 30, token="NOBODY-42")
+        rig.plug("ac1-2", 30, token="FLEET-0001")
+        await rig.until(lambda: station.evses[1].transaction_id is not None and station.evses[0].refused)
+        await rig.run_for(1.0)
+
+    rig = with_rig(19145, body)
+    station = rig.stations["AC1"]
+    assert station.evses[0].transaction_id is None, "unknown_id_tokens: reject"
+    assert rig.plant.chargers["ac1-1"].power_w == 0.0
+    assert rig.plant.chargers["ac1-2"].power_w > 0.0
+    assert [r.id_token for r in rig.csms.transactions.values()] == ["FLEET-0001"]
