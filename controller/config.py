@@ -83,6 +83,8 @@ class ControlConfig(_Model):
     draw_headroom_a: NonNegative = 2.0
     probe_interval_s: PositiveA = 600.0
     urgent_laxity_s: NonNegative = 1800.0
+    target_switch_s: NonNegative = 120.0
+    """When intent changes source (cloud plan <-> local fallback), falling targets glide over this long."""
     overdraw_tolerance_a: NonNegative = 3.0
     """A charger drawing more than this above its setpoint (per phase) overdraws: its excess is reserved.
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import TypeVar
 
+from controller.targets import Targets
+
 Triple = tuple[float, float, float]
 ZERO3: Triple = (0.0, 0.0, 0.0)
 
@@ -111,6 +113,8 @@ class InputSnapshot:
     dso: DsoReading | None = None
     requests: dict[str, SessionRequest] = field(default_factory=dict)
     resets: list[LatchReset] = field(default_factory=list)
+    targets: Targets | None = None
+    """The cloud plan's targets for now, set by the cloud link when a usable plan is in force."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +128,8 @@ class ProcessImage:
     dso: DsoReading | None
     requests: Mapping[str, SessionRequest]
     resets: tuple[LatchReset, ...]
+    targets: Targets | None = None
+    """The cloud plan's targets for this cycle; None: no usable plan (the fallback schedule decides)."""
 
 
 def _finite(*values: float) -> bool:
@@ -175,6 +181,7 @@ def freeze(
         dso=judge(snapshot.dso, now, stale_after_s) if snapshot.dso is not None else None,
         requests=dict(snapshot.requests),
         resets=resets,
+        targets=snapshot.targets,
     )
 
 

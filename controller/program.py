@@ -34,11 +34,14 @@ from controller.interlocks import (
 from controller.limits import NodeLimit, dso_limit_pct, effective_limits, fuse_limits
 from controller.protection import Uncontrolled, capacity, estimate_uncontrolled, uncontrolled_by_node
 from controller.site import KEYS_PER_NODE, POWER, Connector, Site
+from controller.targets import TargetFollower, TargetSource
 
 PAUSED_EPS_A = 1e-6
 OVERDRAW_RELEASE_A = 0.5
 """An overdraw ends once the draw is this much below where it started (allowed + tolerance), so a draw
 that hovers at the threshold is not reported start and end every cycle."""
+CLAMP_EPS_A = 0.5
+"""A plan's target is reported clamped when the setpoint falls short of it by more than this."""
 _GOOD = Quality.GOOD
 """Looked up once: reading an Enum member through its class costs about 0.1 µs (Python 3.11)."""
 
@@ -75,6 +78,10 @@ class CycleOutput:
     dso_pct: float
     latches: Mapping[str, Latch]
     events: tuple[InterlockEvent, ...]
+    target_source: TargetSource | None = None
+    """Whose targets shaped the intent this cycle: the cloud plan, the local fallback, or neither."""
+    clamped: tuple[str, ...] = ()
+    """Connectors given less than the plan's target although their session wanted it: local protection won."""
 
 
 @dataclass(slots=True)
@@ -138,6 +145,11 @@ class ControlProgram:
         # The first cycle of a program without memory: what the chargers draw until its first setpoints
         # have taken effect was set before it ran (``_overdraw``).
         self._started_ts = -math.inf
+        self._follower = TargetFollower(site.config.control.target_switch_s)
+        self._min_current_a = {c.id: c.min_current_a for c in site.connectors}
+        # Per connector index: what the plan's target asks of a session this cycle, at most what the
+        # session wants (for the clamp report).
+        self._plan_wants_a: dict[int, float] = {}
 
     def step(self, image: ProcessImage) -> CycleOutput:
         site = self.site
@@ -171,7 +183,21 @@ class ControlProgram:
         setpoints_a = self._shape(allocated, intents, rem_before, now, dt, fixed_connectors)
         batteries = self._batteries(image, intents, allocated, rem)
         events = (*interlocks.events, *overdraws) if overdraws else interlocks.events
-        return self._emit(image, SiteMode.NORMAL, setpoints_a, batteries, limits, uncontrolled, dso_pct, events)
+        clamped = tuple(
+            site.connectors[i].id for i, want_a in self._plan_wants_a.items() if want_a - setpoints_a[i] > CLAMP_EPS_A
+        )
+        return self._emit(
+            image,
+            SiteMode.NORMAL,
+            setpoints_a,
+            batteries,
+            limits,
+            uncontrolled,
+            dso_pct,
+            events,
+            self._follower.source,
+            clamped,
+        )
 
     # -- sessions -------------------------------------------------------------------------------
 
@@ -376,7 +402,30 @@ class ControlProgram:
                 flexible_draw_w += max(reading.current_a) * site.voltage_v * len(intent.phases)
         if flexible:
             self._share_surplus(image, intents, flexible, flexible_draw_w)
+        self._apply_targets(image, intents)
         return intents
+
+    def _apply_targets(self, image: ProcessImage, intents: dict[int, Intent]) -> None:
+        """Cap each session's demand with its target (a plan's, else the fallback's): intent only."""
+        targets = self._follower.follow(image.targets, image.t, self._min_current_a)
+        plan = self._follower.source == "plan"
+        wants = self._plan_wants_a = {}
+        if not targets:
+            return
+        site = self.site
+        for index, intent in intents.items():
+            connector = site.connectors[index]
+            target_a = targets.get(connector.id)
+            if target_a is None:
+                continue
+            if plan:
+                wants[index] = min(target_a, intent.demand_a)
+            if target_a >= intent.demand_a:
+                continue
+            demand_a = target_a if target_a >= connector.min_current_a else 0.0
+            intents[index] = Intent(
+                demand_a, intent.phases, intent.rank, intent.laxity_s, intent.base_priority, intent.flexible
+            )
 
     def _share_surplus(
         self, image: ProcessImage, intents: dict[int, Intent], flexible: list[int], flexible_draw_w: float
@@ -643,6 +692,8 @@ class ControlProgram:
         uncontrolled: Uncontrolled | None,
         dso_pct: float,
         events: tuple[InterlockEvent, ...],
+        target_source: TargetSource | None = None,
+        clamped: tuple[str, ...] = (),
     ) -> CycleOutput:
         three_v = 3 * self.site.voltage_v
         last = self._last_setpoints
@@ -662,4 +713,6 @@ class ControlProgram:
             dso_pct=dso_pct,
             latches=dict(self.state.latches),
             events=events,
+            target_source=target_source,
+            clamped=clamped,
         )

@@ -1,0 +1,115 @@
+"""Targets of a plan (or of the fallback schedule) in the cycle: intent only, protection wins, seamless switches."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from controller.targets import PriceCurve, TargetFollower, Targets
+from tests.cycles import Ev, Plaza
+
+SITE = """
+site: {id: t}
+scan: {period_ms: 1000, stale_after_ms: 3000}
+margins: {current_a: 0, power_kw: 0}
+control: {ramp_up_a_per_s: 100, resume_delay_s: 60, resume_margin_a: 1, target_switch_s: 10}
+meters: [{id: m_grid}]
+tree:
+  id: grid
+  limit_a: 100
+  meter: m_grid
+  children:
+    - id: sub
+      limit_a: 40
+      children:
+        - {id: cp1, limit_a: 32, connectors: [{id: c1}]}
+        - {id: cp2, limit_a: 32, connectors: [{id: c2}]}
+    - {id: cp3, limit_a: 32, connectors: [{id: c3}]}
+"""
+
+
+def plaza() -> Plaza:
+    p = Plaza.from_yaml(SITE)
+    p.cycle(meters={"m_grid": (0.0, 0.0, 0.0)}, evs={"c1": Ev(), "c2": Ev(), "c3": Ev()})
+    return p
+
+
+def test_a_plan_target_caps_a_session_and_the_room_goes_to_the_others() -> None:
+    p = plaza()
+    p.snapshot.targets = Targets("plan", {"c1": 10.0})
+    assert p.cycle()["c1"] == pytest.approx(10.0)
+    # c2 takes what c1 gave up once c1's decrease has had its response delay (break before make).
+    sp = [p.cycle() for _ in range(4)][-1]
+    assert sp["c1"] == pytest.approx(10.0)
+    assert sp["c2"] == pytest.approx(30.0), "sub's 40 A less c1's 10 A"
+    assert sp["c3"] == pytest.approx(32.0), "no target: its own demand"
+    assert p.last is not None
+    assert p.last.target_source == "plan"
+    assert p.last.clamped == ()
+
+
+def test_a_target_below_the_minimum_current_waits() -> None:
+    p = plaza()
+    p.snapshot.targets = Targets("plan", {"c1": 3.0})
+    assert p.cycle()["c1"] == 0.0
+
+
+def test_full_power_everywhere_is_clamped_by_local_protection_and_reported() -> None:
+    # The plan asks 32 A on every connector; sub is at its 40 A limit with two of them.
+    p = plaza()
+    p.snapshot.targets = Targets("plan", {"c1": 32.0, "c2": 32.0, "c3": 32.0})
+    sp = p.cycle()
+    assert sp["c1"] + sp["c2"] <= 40.0 + 1e-9
+    assert sp["c3"] == pytest.approx(32.0)
+    assert p.last is not None
+    assert set(p.last.clamped) == {"c1", "c2"}, "what protection cut is named; c3 got its target"
+
+
+def test_no_plan_means_no_targets_and_nothing_is_clamped() -> None:
+    p = plaza()
+    sp = p.cycle()
+    assert sp["c1"] + sp["c2"] == pytest.approx(40.0)
+    assert p.last is not None
+    assert p.last.target_source is None
+    assert p.last.clamped == ()
+
+
+def test_switching_source_pauses_nobody_and_glides_down() -> None:
+    # The plan charges c1 at 20 A; the fallback then wants it to wait (0 A). Over target_switch_s (10 s)
+    # the target glides from 20 A down, never below the 6 A minimum; after it, the fallback's 0 applies.
+    p = plaza()
+    p.snapshot.targets = Targets("plan", {"c1": 20.0})
+    assert p.cycle()["c1"] == pytest.approx(20.0)
+    p.snapshot.targets = Targets("fallback", {"c1": 0.0})
+    seen = [p.cycle()["c1"] for _ in range(10)]
+    assert seen[0] == pytest.approx(20.0)  # the glide starts where the plan was
+    assert all(a >= 6.0 for a in seen), seen
+    assert all(b <= a for a, b in itertools.pairwise(seen)), "it only comes down"
+    assert seen[-1] < 10.0
+    assert p.cycle()["c1"] == 0.0, "after the switch window the fallback decides"
+    assert p.last is not None
+    assert p.last.target_source == "fallback"
+
+
+def test_follower_applies_rises_at_once_and_a_new_target_within_one_source_as_it_is() -> None:
+    follower = TargetFollower(switch_s=10.0)
+    minimum = {"c1": 6.0}
+    assert follower.follow(Targets("plan", {"c1": 20.0}), 0.0, minimum) == {"c1": 20.0}
+    assert follower.follow(Targets("plan", {"c1": 8.0}), 1.0, minimum) == {"c1": 8.0}
+    assert follower.follow(Targets("fallback", {"c1": 16.0}), 2.0, minimum) == {"c1": 16.0}
+    # A session that was not charging (target 0) is not started by the glide.
+    follower.follow(Targets("fallback", {"c1": 0.0}), 20.0, minimum)
+    assert follower.follow(Targets("plan", {"c1": 0.0}), 21.0, minimum) == {"c1": 0.0}
+
+
+def test_price_curve_steps_and_lookup() -> None:
+    curve = PriceCurve([0.0, 3600.0, 7200.0], [50.0, 20.0, 80.0])
+    assert curve.at(-1.0) is None
+    assert curve.at(0.0) == 50.0
+    assert curve.at(3600.0) == 20.0
+    assert curve.at(10_799.0) == 80.0
+    assert curve.at(10_800.0) is None
+    assert curve.steps(1800.0, 5400.0) == [(1800.0, 3600.0, 50.0), (3600.0, 5400.0, 20.0)]
+    with pytest.raises(ValueError, match="increase"):
+        PriceCurve([0.0, 0.0], [1.0, 2.0])
