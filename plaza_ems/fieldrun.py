@@ -4,7 +4,8 @@ Every device of the site file's ``devices`` section gets a ``DeviceRunner`` task
 input snapshot and writes what the cycle hands over; the scan loop runs on the system clock. Before the
 first cycle the controller waits (bounded) for each device's first answer, so a plaza that is merely
 starting up does not trip the fire latch on "no reading yet"; a device that stays silent is treated as
-the fail-safe rules say. Operator commands come from the state directory's inbox. Cycle and device
+the fail-safe rules say. Operator commands come from the state directory's inbox; the latches, sessions
+and last setpoints are kept there too (``plaza_ems/statestore.py``), so a restart resumes them. Cycle and device
 statistics go to ``--stats-json`` every 10 s and at exit.
 """
 
@@ -27,6 +28,7 @@ from drivers.ocpp201.csms import Csms
 from drivers.ocpp201.stations import compile_stations
 from drivers.runtime import DeviceRunner
 from plaza_ems.inbox import CommandInbox
+from plaza_ems.statestore import StateStore
 from plaza_ems.status import CyclePublisher
 
 log = logging.getLogger("plaza_ems.run")
@@ -58,12 +60,29 @@ class FieldLink:
 
 
 class FieldPublisher(CyclePublisher):
-    """The status line and the statistics name the devices: how many answer, and each one's record."""
+    """The status line and the statistics name the devices: how many answer, and each one's record.
 
-    def __init__(self, runners: list[DeviceRunner], csms: Csms | None, every_s: float, stats_json: Path | None) -> None:
+    After every cycle the program's state goes to the state store (which writes it when it changed).
+    """
+
+    def __init__(
+        self,
+        runners: list[DeviceRunner],
+        csms: Csms | None,
+        every_s: float,
+        stats_json: Path | None,
+        program: ControlProgram,
+        store: StateStore,
+    ) -> None:
         super().__init__(every_s, stats_json)
         self.runners = runners
         self.csms = csms
+        self.program = program
+        self.store = store
+
+    def publish(self, output: CycleOutput, stats: CycleStats) -> None:
+        self.store.maybe_save(self.program.state, output.t)
+        super().publish(output, stats)
 
     def log_status(self, output: CycleOutput, stats: CycleStats) -> None:
         available = sum(1 for r in self.runners if r.status.available)
@@ -123,8 +142,10 @@ async def run_field_async(
         raise ConfigError(station_issues, config_path)
     csms = Csms(loaded.config) if stations else None
     link = FieldLink(snapshot, runners, CommandInbox(state_dir), csms)
-    publisher = FieldPublisher(runners, csms, status_every_s, stats_json)
-    loop = ScanLoop(site, ControlProgram(site), link, link, publisher, SystemClock())
+    store = StateStore(state_dir, site)
+    program = ControlProgram(site, store.load())
+    publisher = FieldPublisher(runners, csms, status_every_s, stats_json, program, store)
+    loop = ScanLoop(site, program, link, link, publisher, SystemClock())
     stop = stop or asyncio.Event()
     running = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

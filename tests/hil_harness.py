@@ -69,3 +69,12 @@ async def with_controller(
                 await process.wait()
         await plaza.stop()
     return plaza
+
+
+async def tick_for(plaza: HilPlaza, seconds: float) -> None:
+    """Keep the plaza running (ticking every 0.05 s) for ``seconds``."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while loop.time() < end:
+        plaza.tick()
+        await asyncio.sleep(0.05)

@@ -24,7 +24,7 @@ from hil.modbus.devices import SimAlfen
 from hil.modbus.pv import SimSunSpecPv
 from hil.scenario import load_scenario
 from plaza_ems.hilrun import HilPlaza
-from tests.hil_harness import start_controller, with_controller
+from tests.hil_harness import start_controller, tick_for, with_controller
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE = ROOT / "examples" / "sites" / "hil-small.site.yaml"
@@ -200,14 +200,6 @@ def test_alfen_left_alone_falls_back_to_its_safe_current_and_is_reported(tmp_pat
     log = (tmp_path / "restarted.log").read_text(encoding="utf-8")
     assert "alfen-2 socket 1 (cp2-1) is not using the EMS setpoint: it applies its safe current 6.0 A" in log
     assert "alfen-2 socket 1 (cp2-1) follows the EMS setpoint again" in log
-
-
-async def tick_for(plaza: HilPlaza, seconds: float) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + seconds
-    while loop.time() < end:
-        plaza.tick()
-        await asyncio.sleep(0.05)
 
 
 def test_killed_controller_leaves_every_device_at_its_fallback(tmp_path: Path) -> None:
