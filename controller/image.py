@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import TypeVar
 
-from controller.targets import Targets
+from controller.targets import PriceCurve, Targets
 
 Triple = tuple[float, float, float]
 ZERO3: Triple = (0.0, 0.0, 0.0)
@@ -115,6 +115,8 @@ class InputSnapshot:
     resets: list[LatchReset] = field(default_factory=list)
     targets: Targets | None = None
     """The cloud plan's targets for now, set by the cloud link when a usable plan is in force."""
+    prices: PriceCurve | None = None
+    """The last known day-ahead prices (for the fallback schedule), set by whoever receives them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +132,7 @@ class ProcessImage:
     resets: tuple[LatchReset, ...]
     targets: Targets | None = None
     """The cloud plan's targets for this cycle; None: no usable plan (the fallback schedule decides)."""
+    prices: PriceCurve | None = None
 
 
 def _finite(*values: float) -> bool:
@@ -182,6 +185,7 @@ def freeze(
         requests=dict(snapshot.requests),
         resets=resets,
         targets=snapshot.targets,
+        prices=snapshot.prices,
     )
 
 

@@ -34,7 +34,15 @@ from controller.interlocks import (
 from controller.limits import NodeLimit, dso_limit_pct, effective_limits, fuse_limits
 from controller.protection import Uncontrolled, capacity, estimate_uncontrolled, uncontrolled_by_node
 from controller.site import KEYS_PER_NODE, POWER, Connector, Site
-from controller.targets import TargetFollower, TargetSource
+from controller.targets import TargetFollower, Targets, TargetSource
+from fallback import (
+    BatteryInput,
+    FallbackInputs,
+    FallbackSchedule,
+    import_limit_w,
+    session_input,
+    uncontrolled_surplus_w,
+)
 
 PAUSED_EPS_A = 1e-6
 OVERDRAW_RELEASE_A = 0.5
@@ -146,6 +154,7 @@ class ControlProgram:
         # have taken effect was set before it ran (``_overdraw``).
         self._started_ts = -math.inf
         self._follower = TargetFollower(site.config.control.target_switch_s)
+        self._fallback = FallbackSchedule(site)
         self._min_current_a = {c.id: c.min_current_a for c in site.connectors}
         # Per connector index: what the plan's target asks of a session this cycle, at most what the
         # session wants (for the clamp report).
@@ -177,7 +186,7 @@ class ControlProgram:
 
         uncontrolled, rem, fixed_connectors, overdraws = self._capacity(image, limits)
         rem_before = list(rem)
-        intents = self._intents(image, fixed_connectors)
+        intents = self._intents(image, fixed_connectors, limits)
         demands = self._demands(intents, now)
         allocated = allocate(site, rem, demands)
         setpoints_a = self._shape(allocated, intents, rem_before, now, dt, fixed_connectors)
@@ -384,7 +393,7 @@ class ControlProgram:
 
     # -- intent -----------------------------------------------------------------------------------
 
-    def _intents(self, image: ProcessImage, fixed: set[int]) -> dict[int, Intent]:
+    def _intents(self, image: ProcessImage, fixed: set[int], limits: tuple[NodeLimit, ...]) -> dict[int, Intent]:
         site = self.site
         intents: dict[int, Intent] = {}
         flexible: list[int] = []
@@ -402,12 +411,50 @@ class ControlProgram:
                 flexible_draw_w += max(reading.current_a) * site.voltage_v * len(intent.phases)
         if flexible:
             self._share_surplus(image, intents, flexible, flexible_draw_w)
-        self._apply_targets(image, intents)
+        self._apply_targets(image, intents, limits)
         return intents
 
-    def _apply_targets(self, image: ProcessImage, intents: dict[int, Intent]) -> None:
-        """Cap each session's demand with its target (a plan's, else the fallback's): intent only."""
-        targets = self._follower.follow(image.targets, image.t, self._min_current_a)
+    def _fallback_targets(
+        self, image: ProcessImage, intents: dict[int, Intent], limits: tuple[NodeLimit, ...]
+    ) -> Targets:
+        """The local fallback schedule's targets for this cycle (no usable plan; prices known)."""
+        site = self.site
+        memories = self.state.connectors
+        sessions = []
+        for index, intent in intents.items():
+            reading = image.connectors[index]
+            session = memories[index].session
+            if reading is None or session is None:
+                continue
+            connector = site.connectors[index]
+            sessions.append(session_input(site, connector, reading, session, intent, image.requests.get(connector.id)))
+        meter = site.nodes[0].meter
+        root = image.meters.get(meter) if meter is not None else None
+        batteries = [
+            BatteryInput(battery.id, reading.soc_pct, reading.power_w)
+            for battery, reading in zip(site.batteries, image.batteries, strict=True)
+            if reading is not None and reading.quality == _GOOD
+        ]
+        inputs = FallbackInputs(
+            sessions=sessions,
+            prices=image.prices,
+            pv_surplus_w=uncontrolled_surplus_w(site, image),
+            grid_import_w=root.power_w if root is not None and root.quality == _GOOD else 0.0,
+            import_limit_w=import_limit_w(site, limits),
+            batteries=batteries,
+        )
+        return self._fallback.targets(inputs, image.t)
+
+    def _apply_targets(self, image: ProcessImage, intents: dict[int, Intent], limits: tuple[NodeLimit, ...]) -> None:
+        """Cap each session's demand with its target (a plan's, else the fallback's): intent only.
+
+        Without a plan and without prices the fallback would only repeat what the sessions want: it is
+        skipped, and the program's own rules (priorities, urgency, PV surplus for flexible users) decide.
+        """
+        source = image.targets
+        if source is None and image.prices is not None:
+            source = self._fallback_targets(image, intents, limits)
+        targets = self._follower.follow(source, image.t, self._min_current_a)
         plan = self._follower.source == "plan"
         wants = self._plan_wants_a = {}
         if not targets:

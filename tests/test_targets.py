@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from controller.targets import PriceCurve, TargetFollower, Targets
-from tests.cycles import Ev, Plaza
+from tests.cycles import T0, Ev, Plaza
 
 SITE = """
 site: {id: t}
@@ -113,3 +113,30 @@ def test_price_curve_steps_and_lookup() -> None:
     assert curve.steps(1800.0, 5400.0) == [(1800.0, 3600.0, 50.0), (3600.0, 5400.0, 20.0)]
     with pytest.raises(ValueError, match="increase"):
         PriceCurve([0.0, 0.0], [1.0, 2.0])
+
+
+def test_without_a_plan_the_fallback_waits_for_the_cheap_hours_and_a_plan_overrides_it() -> None:
+    p = Plaza.from_yaml(SITE)
+    # Expensive for four hours, then cheap; the EV leaves in 8 h and wants 20 kWh (about 1 h at 22 kW).
+    p.snapshot.prices = PriceCurve([T0 + h * 3600.0 for h in range(8)], [200.0] * 4 + [20.0] * 4)
+    departure = T0 + 8 * 3600.0
+    p.cycle(meters={"m_grid": (0.0, 0.0, 0.0)}, evs={"c1": Ev(), "c2": None, "c3": None})
+    sp = p.cycle(requests={"c1": (departure, 20_000.0)})
+    assert sp["c1"] == 0.0, "it waits in the expensive hours"
+    assert p.last is not None
+    assert p.last.target_source == "fallback"
+    p.snapshot.targets = Targets("plan", {"c1": 16.0}, reference="p1")
+    sp = follow(p, 3)
+    assert sp["c1"] == pytest.approx(16.0), "a usable plan decides, not the fallback"
+    p.snapshot.targets = None
+    p.cycle(dt=4 * 3600.0)  # into the cheap hours (and past the switch glide)
+    assert follow(p, 5)["c1"] == pytest.approx(32.0), "the fallback charges in the cheapest hours"
+
+
+def follow(p: Plaza, cycles: int) -> dict[str, float]:
+    """Run cycles in which c1's EV draws what it was told (an EV that draws less gets its demand capped)."""
+    sp = p.cycle()
+    for _ in range(cycles - 1):
+        a = sp["c1"]
+        sp = p.cycle(evs={"c1": Ev(current_a=(a, a, a))})
+    return sp
