@@ -265,6 +265,8 @@ class SiteConfig(_Model):
     capacity_frames: list[CapacityFrameConfig] = Field(default_factory=list)
     devices: list[DeviceConfig] = Field(default_factory=list)
     ocpp: OcppConfig | None = None
+    mqtt: dict[str, Any] | None = None
+    """The cloud link; checked by the MQTT driver (``drivers/mqtt/config.py``), which this layer does not import."""
 
 
 @dataclass(frozen=True, slots=True)

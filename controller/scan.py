@@ -16,7 +16,7 @@ from collections import deque
 from datetime import UTC, datetime
 from typing import Protocol
 
-from controller.image import InputSnapshot, freeze
+from controller.image import InputSnapshot, ProcessImage, freeze
 from controller.program import ControlProgram, CycleOutput
 from controller.site import Site
 
@@ -150,6 +150,8 @@ class ScanLoop:
         self.stats = CycleStats(site.period_s)
         self._connector_ids = tuple(c.id for c in site.connectors)
         self._battery_ids = tuple(b.id for b in site.batteries)
+        self.image: ProcessImage | None = None
+        """The last cycle's process image (for publishers that report inputs, e.g. telemetry)."""
 
     def run_once(self, scheduled: float) -> CycleOutput:
         """One cycle; ``scheduled`` is the monotonic time it was due.
@@ -162,6 +164,7 @@ class ScanLoop:
         now = clock.now().timestamp()
         self.source.refresh(now)
         image = freeze(self.source.snapshot, now, self.site.stale_after_s, self._connector_ids, self._battery_ids)
+        self.image = image
         logic_start = time.perf_counter()
         output = self.program.step(image)
         logic_s = time.perf_counter() - logic_start

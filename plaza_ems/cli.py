@@ -32,6 +32,10 @@ def _check_config(args: argparse.Namespace) -> int:
     driver_issues = check_devices(loaded.config) + compile_stations(loaded.config)[1]
     if driver_issues:
         raise ConfigError(driver_issues, args.file)
+    if loaded.config.mqtt is not None:
+        from plaza_ems.cloud import cloud_config
+
+        cloud_config(loaded.config.mqtt, args.file)
     site = compile_site(loaded.config)
     for warning in loaded.warnings:
         print(f"warning: {warning}", file=sys.stderr)

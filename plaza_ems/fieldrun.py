@@ -15,11 +15,12 @@ import asyncio
 import json
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from controller.config import ConfigError, load_config
-from controller.image import InputSnapshot
+from controller.image import InputSnapshot, ProcessImage
 from controller.program import ControlProgram, CycleOutput
 from controller.scan import CycleStats, ScanLoop, SystemClock
 from controller.site import compile_site
@@ -27,6 +28,7 @@ from drivers.modbus.registry import build_devices
 from drivers.ocpp201.csms import Csms
 from drivers.ocpp201.stations import compile_stations
 from drivers.runtime import DeviceRunner
+from plaza_ems.cloud import CloudBridge, cloud_config
 from plaza_ems.inbox import CommandInbox
 from plaza_ems.statestore import StateStore
 from plaza_ems.status import CyclePublisher
@@ -40,16 +42,24 @@ class FieldLink:
     """Input source and output sink of the scan loop, backed by the device runners."""
 
     def __init__(
-        self, snapshot: InputSnapshot, runners: list[DeviceRunner], inbox: CommandInbox, csms: Csms | None
+        self,
+        snapshot: InputSnapshot,
+        runners: list[DeviceRunner],
+        inbox: CommandInbox,
+        csms: Csms | None,
+        cloud: CloudBridge | None = None,
     ) -> None:
         self.snapshot = snapshot
         self.runners = runners
         self.inbox = inbox
         self.csms = csms
+        self.cloud = cloud
 
     def refresh(self, now: float) -> None:
         if self.csms is not None:
             self.csms.refresh(self.snapshot, now)
+        if self.cloud is not None:
+            self.cloud.refresh(self.snapshot, now)
         self.snapshot.resets.extend(self.inbox.poll(now))
 
     def write(self, output: CycleOutput) -> None:
@@ -79,9 +89,15 @@ class FieldPublisher(CyclePublisher):
         self.csms = csms
         self.program = program
         self.store = store
+        self.cloud: CloudBridge | None = None
+        self.image: Callable[[], ProcessImage | None] | None = None
+        """The cycle's process image (the scan loop's), for the cloud's telemetry."""
 
     def publish(self, output: CycleOutput, stats: CycleStats) -> None:
         self.store.maybe_save(self.program.state, output.t)
+        image = self.image() if self.image is not None else None
+        if self.cloud is not None and image is not None:
+            self.cloud.after_cycle(image, output)
         super().publish(output, stats)
 
     def log_status(self, output: CycleOutput, stats: CycleStats) -> None:
@@ -105,6 +121,8 @@ class FieldPublisher(CyclePublisher):
         ocpp: dict[str, Any] = {}
         if self.csms is not None:
             ocpp["ocpp"] = self.csms.report()
+        if self.cloud is not None:
+            ocpp["cloud"] = self.cloud.report()
         return {
             **stats.summary(),
             **ocpp,
@@ -141,11 +159,16 @@ async def run_field_async(
     if station_issues:
         raise ConfigError(station_issues, config_path)
     csms = Csms(loaded.config) if stations else None
-    link = FieldLink(snapshot, runners, CommandInbox(state_dir), csms)
     store = StateStore(state_dir, site)
     program = ControlProgram(site, store.load())
+    cloud = None
+    if loaded.config.mqtt is not None:
+        cloud = CloudBridge(cloud_config(loaded.config.mqtt, config_path), loaded.config, site, program, state_dir)
+    link = FieldLink(snapshot, runners, CommandInbox(state_dir), csms, cloud)
     publisher = FieldPublisher(runners, csms, status_every_s, stats_json, program, store)
     loop = ScanLoop(site, program, link, link, publisher, SystemClock())
+    publisher.cloud = cloud
+    publisher.image = lambda: loop.image
     stop = stop or asyncio.Event()
     running = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -161,6 +184,8 @@ async def run_field_async(
     if csms is not None:
         await csms.start()
     tasks = [asyncio.create_task(runner.run(stop), name=runner.device.name) for runner in runners]
+    if cloud is not None:
+        tasks.append(asyncio.create_task(cloud.run(stop), name="cloud-link"))
     deadline = running.time() + STARTUP_WAIT_S
     # Polled rather than signalled: the runners know nothing of start-up, and this runs once.
     while running.time() < deadline and not _all_tried(runners):  # noqa: ASYNC110

@@ -67,8 +67,9 @@ def _config(broker: Broker, tmp_path: Path, password: str = "secret", **kwargs: 
 class Cloud:
     """The cloud side: a gmqtt client that records what it receives, by topic."""
 
-    def __init__(self, broker: Broker, persistent: bool = False) -> None:
+    def __init__(self, broker: Broker, persistent: bool = False, base: str = BASE) -> None:
         self.broker = broker
+        self.base = base
         self.received: list[tuple[str, dict[str, Any], bool]] = []
         self.arrived = asyncio.Event()
         # A persistent session (as the cloud's consumer has) gets what was published while it was away.
@@ -84,10 +85,10 @@ class Cloud:
 
     async def connect(self) -> None:
         await self.client.connect("127.0.0.1", self.broker.port, ssl=client_context(self.broker.pki))
-        self.client.subscribe(f"{BASE}/#", qos=1)
+        self.client.subscribe(f"{self.base}/#", qos=1)
 
     def of(self, kind: str) -> list[dict[str, Any]]:
-        return [m for t, m, _ in self.received if t == f"{BASE}/{kind}"]
+        return [m for t, m, _ in self.received if t == f"{self.base}/{kind}"]
 
     async def wait_for(self, kind: str, count: int = 1) -> list[dict[str, Any]]:
         while len(self.of(kind)) < count:
@@ -97,7 +98,7 @@ class Cloud:
 
     def publish(self, kind: str, payload: bytes | dict[str, Any]) -> None:
         data = json.dumps(payload).encode() if isinstance(payload, dict) else payload
-        self.client.publish(f"{BASE}/{kind}", data, qos=1)
+        self.client.publish(f"{self.base}/{kind}", data, qos=1)
 
 
 @contextlib.asynccontextmanager

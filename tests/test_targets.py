@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from controller.targets import PriceCurve, TargetFollower, Targets
 from tests.cycles import T0, Ev, Plaza
@@ -140,3 +143,30 @@ def follow(p: Plaza, cycles: int) -> dict[str, float]:
         a = sp["c1"]
         sp = p.cycle(evs={"c1": Ev(current_a=(a, a, a))})
     return sp
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.dictionaries(
+            st.sampled_from(["c1", "c2", "c3", "zz"]),
+            st.floats(allow_nan=True, allow_infinity=True),
+            max_size=4,
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    st.lists(st.sampled_from(["plan", "fallback", None]), min_size=1, max_size=6),
+)
+def test_no_target_whatever_it_says_pushes_a_node_over_its_limit(
+    targets: list[dict[str, float]], sources: list[str | None]
+) -> None:
+    p = plaza()
+    for i, wanted in enumerate(targets):
+        source = sources[i % len(sources)]
+        p.snapshot.targets = None if source is None else Targets(source, wanted)  # type: ignore[arg-type]
+        for _ in range(3):
+            sp = follow(p, 1)
+            assert all(math.isfinite(a) and a >= 0.0 for a in sp.values()), sp
+            assert sp["c1"] + sp["c2"] <= 40.0 + 1e-6, sp
+            assert max(sp.values()) <= 32.0 + 1e-6, sp

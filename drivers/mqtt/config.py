@@ -70,6 +70,8 @@ class MqttConfig(_Model):
     backoff_first_s: PositiveS = 1.0
     backoff_cap_s: PositiveS = 300.0
     telemetry_interval_s: PositiveS = 10.0
+    plan_stale_after_s: PositiveS = 60.0
+    """With the link down this long, the plan in force is dropped and the local fallback schedule decides."""
     max_payload_bytes: Annotated[int, Field(ge=1024, le=16 * 2**20)] = 256 * 1024
     inbound_queue_size: Annotated[int, Field(ge=1, le=10_000)] = 64
     outbox: OutboxConfig = OutboxConfig()

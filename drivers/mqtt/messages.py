@@ -213,9 +213,13 @@ def parse_inbound(
         data = loads_strict(payload)
     except (UnicodeDecodeError, ValueError) as err:
         return Rejected(f"malformed JSON: {err}")
+    except RecursionError:
+        return Rejected("malformed JSON: nested too deeply")
     if not isinstance(data, dict):
         return Rejected(f"malformed message: a JSON object expected, got {type(data).__name__}")
-    msg_id = data.get("id") if isinstance(data.get("id"), str) else None
+    raw_id = data.get("id")
+    # Echoed in the ack, whose schema wants 1-128 characters: an id outside that is not one to match.
+    msg_id = raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= 128 else None
     schema = data.get("schema")
     expected = f"{PREFIX}/{kind}"
     if not isinstance(schema, str):
@@ -237,7 +241,10 @@ def parse_inbound(
 
 def parse_ts(text: str) -> float:
     """An ISO 8601 UTC time (the schemas allow only ``Z`` or ``+00:00``) as epoch seconds."""
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as err:  # the schema's pattern lets through e.g. month 13 or second 60
+        raise _SemanticError(f"time {text!r} is not a valid date-time: {err}") from None
     if moment.utcoffset() is None or moment.utcoffset() != UTC.utcoffset(None):
         raise _SemanticError(f"time {text!r} is not UTC")
     return moment.timestamp()
@@ -273,7 +280,7 @@ def _build(kind: str, data: dict[str, Any], site: SiteIds) -> Inbound:
             created_ts=created,
             connector=data.get("connector"),
             id_token=data.get("id_token"),
-            priority=data["priority"],
+            priority=int(data["priority"]),  # the schema's "integer" also admits 5.0
             until_ts=_opt_ts(data.get("until")),
         )
     if kind == "cmd/dso_limit":
@@ -358,7 +365,11 @@ def iso(ts: float) -> str:
 
 def encode(message: Mapping[str, Any]) -> bytes:
     """Compact UTF-8 JSON; a non-finite number is a bug in the builder and raises ValueError."""
-    return json.dumps(message, allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode()
+    text = json.dumps(message, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate (an inbound "\\ud800" echoed in an ack): keep it escaped
+        return json.dumps(message, allow_nan=False, separators=(",", ":")).encode()
 
 
 def _header(kind: str, topics: Topics, ts: float) -> dict[str, Any]:
@@ -477,9 +488,9 @@ def session_event(
         "session_id": session_id,
         "connector": connector,
         "id_token": id_token,
-        "energy_wh": round(energy_wh, 1),
-        "departure": None if departure_ts is None else iso(departure_ts),
-        "energy_target_wh": energy_target_wh,
+        "energy_wh": round(_num(energy_wh, 0, 1e7) or 0.0, 1),
+        "departure": None if departure_ts is None or not math.isfinite(departure_ts) else iso(departure_ts),
+        "energy_target_wh": None if energy_target_wh is None else _num(energy_target_wh, 0, 1e7),
     }
     if reason:
         message["reason"] = reason[:128]

@@ -1,0 +1,231 @@
+"""The scan cycle's side of the cloud link: plans and commands in, acks, telemetry, sessions and alarms out.
+
+Before each freeze (``refresh``) the accepted plans and commands the link has queued are taken: a plan
+replaces the one in force (one whose window has already ended is acked as rejected), a departure
+command becomes the session's request (intent, like an ISO 15118 or app request). The plan in force
+becomes the cycle's targets (``InputSnapshot.targets``) while it is valid *and* the cloud is alive: when
+the link has been down for ``plan_stale_after_s`` the plan is dropped and the local fallback schedule
+decides (SPEC F19, R4). Commands the controller does not carry out yet (priority, DSO limit, capacity
+frames) are acked as rejected with that reason — never silently ignored.
+
+After each cycle (``after_cycle``) a newly accepted plan is acked with what local protection clamped
+(``CycleOutput.clamped``: the connector, what the plan asked, what it got — SPEC R1); session starts and
+stops and interlock/overdraw events go to the outbox with stable event ids (a session's id is its
+connector and start time, so an event replayed after a restart is recognised as the same one); and
+telemetry goes out every ``telemetry_interval_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from controller.config import SiteConfig
+from controller.image import InputSnapshot, ProcessImage, SessionRequest
+from controller.intent import Session
+from controller.program import ControlProgram, CycleOutput
+from controller.site import Site
+from controller.targets import Targets
+from drivers.mqtt.config import MqttConfig
+from drivers.mqtt.link import CloudLink, Received
+from drivers.mqtt.messages import Clamp, DepartureCommand, Plan, SiteIds, alarm_message, plan_targets, session_event
+from drivers.mqtt.messages import telemetry_message as build_telemetry
+from drivers.mqtt.outbox import Outbox
+
+log = logging.getLogger("plaza_ems.cloud")
+
+ALARM_SEVERITY = {"tripped": "critical", "overdraw": "warning"}
+OUTBOX_FILE = "mqtt-outbox.sqlite"
+
+
+class CloudBridge:
+    """Between one site's control program and its ``CloudLink``."""
+
+    def __init__(
+        self, config: MqttConfig, site_config: SiteConfig, site: Site, program: ControlProgram, state_dir: Path
+    ) -> None:
+        self.config = config
+        self.site = site
+        self.program = program
+        # The outbox lives with the rest of the controller's state unless the site file puts it elsewhere.
+        path = Path(config.outbox.path) if "path" in config.outbox.model_fields_set else state_dir / OUTBOX_FILE
+        outbox = Outbox(path, max_rows=config.outbox.max_rows, max_bytes=config.outbox.max_bytes)
+        self.link = CloudLink(config, SiteIds.from_config(site_config), outbox=outbox)
+        self.plan: Plan | None = None
+        self.targets: Targets | None = None
+        self._plan_to_ack: Received | None = None
+        self._down_since_ts: float | None = None
+        self._next_telemetry_ts = 0.0
+        self._sessions: list[Session | None] = [None] * len(site.connectors)
+        self._energy_wh: list[float] = [0.0] * len(site.connectors)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.link.run(stop)
+
+    # -- before the freeze ------------------------------------------------------------------------
+
+    def refresh(self, snapshot: InputSnapshot, now: float) -> None:
+        while not self.link.queue.empty():
+            self._take(self.link.queue.get_nowait(), snapshot, now)
+        if self.link.connected:
+            self._down_since_ts = None
+        elif self._down_since_ts is None:
+            self._down_since_ts = now
+        stale = self._down_since_ts is not None and now - self._down_since_ts >= self.config.plan_stale_after_s
+        if self.plan is not None and stale:
+            log.warning(
+                "cloud link down for %.0f s: plan %s no longer used, the local fallback schedule decides",
+                now - (self._down_since_ts or now),
+                self.plan.id,
+            )
+            self.plan = None
+        self.targets = plan_targets(self.plan, now) if self.plan is not None else None
+        if self.plan is not None and self.targets is None and now >= self.plan.valid_to_ts:
+            log.info("plan %s has ended; the local fallback schedule decides", self.plan.id)
+            self.plan = None
+        snapshot.targets = self.targets
+
+    def _take(self, received: Received, snapshot: InputSnapshot, now: float) -> None:
+        message = received.message
+        if isinstance(message, Plan):
+            if message.valid_to_ts <= now:
+                self.link.acknowledge(message.id, received.topic, accepted=False, reason="plan window has ended")
+                return
+            if self._plan_to_ack is not None and isinstance(self._plan_to_ack.message, Plan):
+                # Replaced before its first cycle: accepted, and superseded at once.
+                self.link.acknowledge(
+                    self._plan_to_ack.message.id, self._plan_to_ack.topic, accepted=True, reason="superseded"
+                )
+            self.plan = message
+            self._plan_to_ack = received
+            log.info("plan %s accepted: %d steps of %d s", message.id, message.steps, message.step_s)
+        elif isinstance(message, DepartureCommand):
+            connector = message.connector or self._connector_of_token(snapshot, message.id_token)
+            if connector is None:
+                self.link.acknowledge(
+                    message.id, received.topic, accepted=False, reason=f"no session with id token {message.id_token!r}"
+                )
+                return
+            snapshot.requests[connector] = SessionRequest(message.departure_ts, message.energy_wh, now)
+            self.link.acknowledge(message.id, received.topic, accepted=True)
+        else:
+            self.link.acknowledge(
+                message.id,
+                received.topic,
+                accepted=False,
+                reason=f"{type(message).__name__} is not carried out by this controller version",
+            )
+
+    def _connector_of_token(self, snapshot: InputSnapshot, id_token: str | None) -> str | None:
+        for connector_id, reading in snapshot.connectors.items():
+            if id_token is not None and reading.id_token == id_token:
+                return connector_id
+        return None
+
+    # -- after the cycle --------------------------------------------------------------------------
+
+    def after_cycle(self, image: ProcessImage, output: CycleOutput) -> None:
+        now = output.t
+        if self._plan_to_ack is not None and output.target_source == "plan":
+            self._ack_plan(self._plan_to_ack, output)
+            self._plan_to_ack = None
+        self._session_events(image, now)
+        for event in output.events:
+            severity = ALARM_SEVERITY.get(event.kind, "info")
+            self.link.send(
+                "alarm",
+                alarm_message(
+                    self.link.topics,
+                    event_id=f"{event.latch}-{event.kind}-{int(event.ts * 1000)}",
+                    ts=event.ts,
+                    alarm=event.latch,
+                    kind=event.kind,
+                    severity=severity,  # type: ignore[arg-type]
+                    detail=event.detail,
+                ),
+            )
+        if now >= self._next_telemetry_ts:
+            self._next_telemetry_ts = now + self.config.telemetry_interval_s
+            self.link.publish_telemetry(
+                build_telemetry(self.link.topics, self.site, image, output, targets=self.targets)
+            )
+
+    def _ack_plan(self, received: Received, output: CycleOutput) -> None:
+        plan = received.message
+        assert isinstance(plan, Plan)
+        by_id = {s.connector: s for s in output.setpoints}
+        wanted = self.targets.connectors if self.targets is not None else {}
+        clamped = tuple(
+            Clamp(c, round(wanted.get(c, 0.0), 1), round(by_id[c].current_a, 1), "local protection: node limit")
+            for c in output.clamped
+        )
+        self.link.acknowledge(
+            plan.id,
+            received.topic,
+            accepted=True,
+            reason="clamped by local protection" if clamped else "",
+            clamped=clamped,
+        )
+
+    def _session_events(self, image: ProcessImage, now: float) -> None:
+        memories = self.program.state.connectors
+        for index, connector in enumerate(self.site.connectors):
+            session = memories[index].session
+            reading = image.connectors[index]
+            if reading is not None:
+                self._energy_wh[index] = reading.energy_wh
+            before = self._sessions[index]
+            if session is before:
+                continue
+            if before is not None:
+                self._send_session("stop", connector.id, before, self._energy_wh[index], now)
+            if session is not None:
+                self._send_session("start", connector.id, session, 0.0, now)
+            self._sessions[index] = session
+
+    def _send_session(self, event: str, connector: str, session: Session, energy_wh: float, now: float) -> None:
+        session_id = f"{self.site.id}-{connector}-{int(session.started_ts * 1000)}"
+        self.link.send(
+            "session",
+            session_event(
+                self.link.topics,
+                event_id=f"{session_id}-{event}",
+                ts=now,
+                event=event,  # type: ignore[arg-type]
+                session_id=session_id,
+                connector=connector,
+                id_token=session.id_token,
+                energy_wh=energy_wh,
+                departure_ts=session.departure_ts,
+                energy_target_wh=session.energy_wh,
+            ),
+        )
+
+    def report(self) -> dict[str, Any]:
+        stats = self.link.stats
+        return {
+            "connected": stats.connected,
+            "plan": self.plan.id if self.plan is not None else None,
+            "intent_source": self.targets.source if self.targets is not None else None,
+            "outbox_rows": len(self.link.outbox),
+            "last_error": stats.last_error,
+        }
+
+
+def cloud_config(raw: Any, source: str) -> MqttConfig:
+    """The site file's ``mqtt`` section as an ``MqttConfig`` (ConfigError with paths when invalid)."""
+    from pydantic import ValidationError
+
+    from controller.config import ConfigError, ConfigIssue
+
+    try:
+        return MqttConfig.model_validate(raw)
+    except ValidationError as err:
+        issues: Sequence[ConfigIssue] = [
+            ConfigIssue("mqtt" + "".join(f".{p}" if isinstance(p, str) else f"[{p}]" for p in e["loc"]), e["msg"])
+            for e in err.errors()
+        ]
+        raise ConfigError(issues, source) from None
