@@ -13,12 +13,18 @@ After each cycle (``after_cycle``) a newly accepted plan is acked with what loca
 stops and interlock/overdraw events go to the outbox with stable event ids (a session's id is its
 connector and start time, so an event replayed after a restart is recognised as the same one); and
 telemetry goes out every ``telemetry_interval_s``.
+
+The plan in force is kept in the state directory (``cloud-plan.json``, written atomically when a plan is
+accepted), so a restarted controller goes on with it while it is valid — and, as any plan, drops it once
+the link has been down for ``plan_stale_after_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +45,7 @@ log = logging.getLogger("plaza_ems.cloud")
 
 ALARM_SEVERITY = {"tripped": "critical", "overdraw": "warning"}
 OUTBOX_FILE = "mqtt-outbox.sqlite"
+PLAN_FILE = "cloud-plan.json"
 
 
 class CloudBridge:
@@ -54,7 +61,8 @@ class CloudBridge:
         path = Path(config.outbox.path) if "path" in config.outbox.model_fields_set else state_dir / OUTBOX_FILE
         outbox = Outbox(path, max_rows=config.outbox.max_rows, max_bytes=config.outbox.max_bytes)
         self.link = CloudLink(config, SiteIds.from_config(site_config), outbox=outbox)
-        self.plan: Plan | None = None
+        self._plan_path = state_dir / PLAN_FILE
+        self.plan: Plan | None = load_plan(self._plan_path, site.id)
         self.targets: Targets | None = None
         self._plan_to_ack: Received | None = None
         self._down_since_ts: float | None = None
@@ -101,6 +109,7 @@ class CloudBridge:
                 )
             self.plan = message
             self._plan_to_ack = received
+            save_plan(self._plan_path, message)
             log.info("plan %s accepted: %d steps of %d s", message.id, message.steps, message.step_s)
         elif isinstance(message, DepartureCommand):
             connector = message.connector or self._connector_of_token(snapshot, message.id_token)
@@ -213,6 +222,58 @@ class CloudBridge:
             "outbox_rows": len(self.link.outbox),
             "last_error": stats.last_error,
         }
+
+
+def save_plan(path: Path, plan: Plan) -> None:
+    """Keep the plan in force for a restart (atomically: a crash leaves the old file or the new one)."""
+    document = {
+        "id": plan.id,
+        "site": plan.site,
+        "created_ts": plan.created_ts,
+        "valid_from_ts": plan.valid_from_ts,
+        "valid_to_ts": plan.valid_to_ts,
+        "step_s": plan.step_s,
+        "connectors": {k: list(v) for k, v in plan.connectors.items()},
+        "batteries": {k: list(v) for k, v in plan.batteries.items()},
+        "site_import_cap_w": list(plan.site_import_cap_w) if plan.site_import_cap_w is not None else None,
+    }
+    tmp = path.with_suffix(".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tmp.open("w", encoding="utf-8") as handle:
+            json.dump(document, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        log.error("cannot keep plan %s in %s: %s", plan.id, path, err.strerror or err)
+
+
+def load_plan(path: Path, site_id: str) -> Plan | None:
+    """The plan kept by ``save_plan`` for this site, or None (none, unreadable or another site's: logged)."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        if document["site"] != site_id:
+            raise ValueError(f"it is for site {document['site']!r}")
+        cap = document["site_import_cap_w"]
+        plan = Plan(
+            id=str(document["id"]),
+            site=site_id,
+            created_ts=float(document["created_ts"]),
+            valid_from_ts=float(document["valid_from_ts"]),
+            valid_to_ts=float(document["valid_to_ts"]),
+            step_s=int(document["step_s"]),
+            connectors={str(k): tuple(v) for k, v in document["connectors"].items()},
+            batteries={str(k): tuple(v) for k, v in document["batteries"].items()},
+            site_import_cap_w=tuple(cap) if cap is not None else None,
+        )
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        log.error("kept plan %s not used: %s", path, err)
+        return None
+    log.info("plan %s kept from before the restart (valid until %s)", plan.id, plan.valid_to_ts)
+    return plan
 
 
 def cloud_config(raw: Any, source: str) -> MqttConfig:
