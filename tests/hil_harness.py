@@ -60,15 +60,21 @@ async def with_controller(
         if after is not None:
             await after(plaza, process)
     finally:
-        if process.returncode is None:
-            os.kill(process.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 10)
-            except TimeoutError:
-                os.kill(process.pid, signal.SIGKILL)
-                await process.wait()
+        await stop_process(process)
         await plaza.stop()
     return plaza
+
+
+async def stop_process(process: asyncio.subprocess.Process) -> None:
+    """SIGTERM by its PID, SIGKILL if it has not ended within 10 s; nothing if it has ended already."""
+    if process.returncode is not None:
+        return
+    os.kill(process.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), 10)
+    except TimeoutError:
+        os.kill(process.pid, signal.SIGKILL)
+        await process.wait()
 
 
 async def tick_for(plaza: HilPlaza, seconds: float) -> None:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
-import signal
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +22,7 @@ import pytest
 import yaml
 
 from plaza_ems.hilrun import HilPlaza
-from tests.hil_harness import start_controller
+from tests.hil_harness import start_controller, stop_process
 from tests.mqtt_broker import MOSQUITTO, SKIP_REASON, Broker
 from tests.test_mqtt_link import Cloud
 
@@ -159,12 +157,7 @@ def test_plans_outages_and_the_switch_back(tmp_path: Path) -> None:
                     results.setdefault("acks", []).extend(cloud.of("ack"))
                 await cloud.client.disconnect()
         finally:
-            os.kill(process.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 10)
-            except TimeoutError:
-                os.kill(process.pid, signal.SIGKILL)
-                await process.wait()
+            await stop_process(process)
             await plaza.stop()
             broker.stop()
         return results
