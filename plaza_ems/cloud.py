@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,18 +34,29 @@ from controller.image import InputSnapshot, ProcessImage, SessionRequest
 from controller.intent import Session
 from controller.program import ControlProgram, CycleOutput
 from controller.site import Site
-from controller.targets import Targets
+from controller.targets import PriceCurve, Targets
 from drivers.mqtt.config import MqttConfig
 from drivers.mqtt.link import CloudLink, Received
-from drivers.mqtt.messages import Clamp, DepartureCommand, Plan, SiteIds, alarm_message, plan_targets, session_event
+from drivers.mqtt.messages import (
+    Clamp,
+    DepartureCommand,
+    Plan,
+    PricesCommand,
+    SiteIds,
+    alarm_message,
+    plan_targets,
+    session_event,
+)
 from drivers.mqtt.messages import telemetry_message as build_telemetry
 from drivers.mqtt.outbox import Outbox
+from plaza_ems.statestore import write_json_atomically
 
 log = logging.getLogger("plaza_ems.cloud")
 
 ALARM_SEVERITY = {"tripped": "critical", "overdraw": "warning"}
 OUTBOX_FILE = "mqtt-outbox.sqlite"
 PLAN_FILE = "cloud-plan.json"
+PRICES_FILE = "cloud-prices.json"
 
 
 class CloudBridge:
@@ -63,6 +74,9 @@ class CloudBridge:
         self.link = CloudLink(config, SiteIds.from_config(site_config), outbox=outbox)
         self._plan_path = state_dir / PLAN_FILE
         self.plan: Plan | None = load_plan(self._plan_path, site.id)
+        self._prices_path = state_dir / PRICES_FILE
+        self.prices: PriceCurve | None = load_prices(self._prices_path)
+        """The last known day-ahead prices, for the local fallback schedule (kept across restarts)."""
         self.targets: Targets | None = None
         self._plan_to_ack: Received | None = None
         self._down_since_ts: float | None = None
@@ -95,6 +109,7 @@ class CloudBridge:
             log.info("plan %s has ended; the local fallback schedule decides", self.plan.id)
             self.plan = None
         snapshot.targets = self.targets
+        snapshot.prices = self.prices
 
     def _take(self, received: Received, snapshot: InputSnapshot, now: float) -> None:
         message = received.message
@@ -111,6 +126,17 @@ class CloudBridge:
             self._plan_to_ack = received
             save_plan(self._plan_path, message)
             log.info("plan %s accepted: %d steps of %d s", message.id, message.steps, message.step_s)
+        elif isinstance(message, PricesCommand):
+            self.prices = message.curve()
+            save_prices(self._prices_path, message)
+            log.info(
+                "day-ahead prices %s: %d steps of %d s from %s",
+                message.id,
+                len(message.prices_eur_mwh),
+                message.step_s,
+                message.start_ts,
+            )
+            self.link.acknowledge(message.id, received.topic, accepted=True)
         elif isinstance(message, DepartureCommand):
             connector = message.connector or self._connector_of_token(snapshot, message.id_token)
             if connector is None:
@@ -224,6 +250,27 @@ class CloudBridge:
         }
 
 
+def save_prices(path: Path, prices: PricesCommand) -> None:
+    document = {"id": prices.id, "start_ts": prices.start_ts, "step_s": prices.step_s, "prices": prices.prices_eur_mwh}
+    write_json_atomically(path, document, f"prices {prices.id}")
+
+
+def load_prices(path: Path) -> PriceCurve | None:
+    """The day-ahead prices kept by ``save_prices``, or None (none, or unreadable: logged)."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        start, step = float(document["start_ts"]), int(document["step_s"])
+        prices = [float(p) for p in document["prices"]]
+        if not prices or step <= 0 or not all(math.isfinite(p) for p in [start, *prices]):
+            raise ValueError("no usable prices in it")
+        return PriceCurve(tuple(start + i * step for i in range(len(prices))), tuple(prices), float(step))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log.error("kept prices %s not used: %s", path, err)
+        return None
+
+
 def save_plan(path: Path, plan: Plan) -> None:
     """Keep the plan in force for a restart (atomically: a crash leaves the old file or the new one)."""
     document = {
@@ -237,16 +284,7 @@ def save_plan(path: Path, plan: Plan) -> None:
         "batteries": {k: list(v) for k, v in plan.batteries.items()},
         "site_import_cap_w": list(plan.site_import_cap_w) if plan.site_import_cap_w is not None else None,
     }
-    tmp = path.with_suffix(".tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tmp.open("w", encoding="utf-8") as handle:
-            json.dump(document, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        log.error("cannot keep plan %s in %s: %s", plan.id, path, err.strerror or err)
+    write_json_atomically(path, document, f"plan {plan.id}")
 
 
 def load_plan(path: Path, site_id: str) -> Plan | None:

@@ -34,6 +34,25 @@ STATE_FILE = "controller-state.json"
 VERSION = 1
 
 
+def write_json_atomically(path: Path, document: Any, what: str) -> bool:
+    """JSON to ``path`` via a temporary file, fsync and rename: a crash leaves the old file or the new one.
+
+    False (and logged) when it cannot be written.
+    """
+    tmp = path.with_suffix(".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tmp.open("w", encoding="utf-8") as handle:
+            json.dump(document, handle, separators=(",", ":"))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        log.error("cannot keep %s in %s: %s", what, path, err.strerror or err)
+        return False
+    return True
+
+
 def _finite_or_none(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
@@ -76,20 +95,10 @@ class StateStore:
                 for battery, memory in zip(self.site.batteries, state.batteries, strict=True)
             },
         }
-        tmp = self.path.with_suffix(".tmp")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with tmp.open("w", encoding="utf-8") as handle:
-                json.dump(document, handle, separators=(",", ":"))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except OSError as err:
-            # Not fatal: the controller keeps protecting the site; a restart would start as new.
-            log.error("cannot save the controller state to %s: %s", self.path, err.strerror or err)
-            return
-        self._saved_ts = now_ts
-        self.saves += 1
+        # Not fatal when it fails: the controller keeps protecting the site; a restart would start as new.
+        if write_json_atomically(self.path, document, "the controller state"):
+            self._saved_ts = now_ts
+            self.saves += 1
 
     def _signature_of(self, state: ProgramState) -> tuple[Any, ...]:
         latches = tuple((name, latch.active) for name, latch in sorted(state.latches.items()))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from drivers.mqtt.messages import Plan, plan_targets
-from plaza_ems.cloud import PLAN_FILE, load_plan, save_plan
+from drivers.mqtt.messages import Plan, PricesCommand, plan_targets
+from plaza_ems.cloud import PLAN_FILE, PRICES_FILE, load_plan, load_prices, save_plan, save_prices
 
 PLAN = Plan(
     id="p7",
@@ -46,3 +46,15 @@ def test_a_kept_plan_that_cannot_be_used_is_reported_and_ignored(
         assert load_plan(tmp_path / PLAN_FILE, "s1") is None
     assert reason in caplog.text
     assert load_plan(tmp_path / "none.json", "s1") is None
+
+
+def test_the_last_day_ahead_prices_are_kept_for_a_restart(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    prices = PricesCommand("da-1", 0.0, "NL", 3600.0, 3600, (80.0, 20.0, 55.0))
+    save_prices(tmp_path / PRICES_FILE, prices)
+    kept = load_prices(tmp_path / PRICES_FILE)
+    assert kept is not None
+    assert (kept.at(3600.0), kept.at(7200.0), kept.at(3 * 3600.0 + 3599)) == (80.0, 20.0, 55.0)
+    (tmp_path / PRICES_FILE).write_text('{"start_ts": 0, "step_s": 3600, "prices": ["NaN"]}', encoding="utf-8")
+    with caplog.at_level(logging.ERROR):
+        assert load_prices(tmp_path / PRICES_FILE) is None
+    assert "no usable prices" in caplog.text

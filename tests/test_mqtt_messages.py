@@ -30,6 +30,7 @@ from drivers.mqtt.messages import (
     DsoLimitCommand,
     Inbound,
     Plan,
+    PricesCommand,
     PriorityCommand,
     Rejected,
     SiteIds,
@@ -394,6 +395,11 @@ def departure(**fields: Any) -> dict[str, Any]:
             "departure": "2030-01-01T17:30:00Z", "energy_wh": 20_000} | fields  # fmt: skip
 
 
+def prices(**fields: Any) -> dict[str, Any]:
+    return {"schema": "plaza/v1/cmd/prices", "id": "da-1", "created": CREATED, "area": "NL",
+            "start": CREATED, "step_s": 3600, "prices_eur_mwh": [80.5, 60.0, -5.0]} | fields  # fmt: skip
+
+
 def priority(**fields: Any) -> dict[str, Any]:
     return {"schema": "plaza/v1/cmd/priority", "id": "p1", "created": CREATED, "connector": "c2", "priority": 7,
             "until": "2030-01-02T00:00:00+00:00"} | fields  # fmt: skip
@@ -688,6 +694,7 @@ VALID: dict[str, dict[str, Any]] = {
     "cmd/priority": priority(),
     "cmd/dso_limit": dso_limit(),
     "cmd/capacity_frame": capacity_frame(),
+    "cmd/prices": prices(),
 }
 assert set(VALID) == set(INBOUND_KINDS)
 for _kind, _message in VALID.items():
@@ -763,7 +770,8 @@ def _check_result(result: Inbound | Rejected, topic: str) -> None:
         wire("ack", ack_message(TOPICS, event_id="e", ts=P0, message_id=result.id, topic=topic, accepted=False,
                                 reason=result.reason))  # fmt: skip
         return
-    assert isinstance(result, (Plan, DepartureCommand, PriorityCommand, DsoLimitCommand, CapacityFrameCommand))
+    parsed = (Plan, DepartureCommand, PriorityCommand, DsoLimitCommand, CapacityFrameCommand, PricesCommand)
+    assert isinstance(result, parsed)
     if isinstance(result, Plan):
         assert result.steps >= 1
         for step in range(result.steps):
@@ -815,3 +823,28 @@ def test_the_mutation_strategy_reaches_both_outcomes() -> None:
 
     collect()
     assert outcomes == {True, False}
+
+
+def test_day_ahead_prices_parse_into_a_price_curve() -> None:
+    result = parse("cmd/prices", prices())
+    assert result == PricesCommand("da-1", P0, "NL", P0, 3600, (80.5, 60.0, -5.0))
+    assert isinstance(result, PricesCommand)
+    curve = result.curve()
+    assert curve.at(P0) == 80.5
+    assert curve.at(P0 + 2 * 3600 + 1) == -5.0
+    assert curve.at(P0 + 3 * 3600) is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"step_s": 600}, "schema-invalid at step_s: 600 is not one of [900, 1800, 3600]"),
+        ({"prices_eur_mwh": []}, "schema-invalid at prices_eur_mwh: [] should be non-empty"),
+        ({"prices_eur_mwh": [1e5]}, "100000.0 is greater than the maximum of 10000"),
+        ({"start": "2030-02-30T00:00:00Z"}, "is not a valid date-time"),
+    ],
+)
+def test_bad_prices_are_rejected_with_a_reason(fields: dict[str, Any], reason: str) -> None:
+    result = parse("cmd/prices", prices(**fields))
+    assert isinstance(result, Rejected)
+    assert reason in result.reason

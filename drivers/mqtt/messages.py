@@ -26,12 +26,12 @@ from controller.config import SiteConfig, walk_tree
 from controller.image import ProcessImage, Quality
 from controller.program import CycleOutput
 from controller.site import Site
-from controller.targets import Targets
+from controller.targets import PriceCurve, Targets
 
 VERSION = "v1"
 PREFIX = "plaza/" + VERSION
 DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
-COMMANDS = ("departure", "priority", "dso_limit", "capacity_frame")
+COMMANDS = ("departure", "priority", "dso_limit", "capacity_frame", "prices")
 INBOUND_KINDS = ("plan", *(f"cmd/{name}" for name in COMMANDS))
 OUTBOUND_KINDS = ("state", "telemetry", "session", "alarm", "ack")
 MAX_PLAN_DURATION_S = 7 * 86_400
@@ -135,7 +135,23 @@ class CapacityFrameCommand:
     frames: tuple[CapacityFrame, ...]
 
 
-Command = DepartureCommand | PriorityCommand | DsoLimitCommand | CapacityFrameCommand
+@dataclass(frozen=True, slots=True)
+class PricesCommand:
+    """Day-ahead prices (EUR/MWh) in steps of ``step_s`` from ``start_ts``: for the local fallback schedule."""
+
+    id: str
+    created_ts: float
+    area: str | None
+    start_ts: float
+    step_s: int
+    prices_eur_mwh: tuple[float, ...]
+
+    def curve(self) -> PriceCurve:
+        starts = tuple(self.start_ts + i * self.step_s for i in range(len(self.prices_eur_mwh)))
+        return PriceCurve(starts, self.prices_eur_mwh, float(self.step_s))
+
+
+Command = DepartureCommand | PriorityCommand | DsoLimitCommand | CapacityFrameCommand | PricesCommand
 Inbound = Plan | Command
 
 
@@ -292,6 +308,15 @@ def _build(kind: str, data: dict[str, Any], site: SiteIds) -> Inbound:
         if valid_from is not None and valid_to <= valid_from:
             raise _SemanticError("valid_to must be after valid_from")
         return DsoLimitCommand(data["id"], created, node, float(data["limit_pct"]), valid_from, valid_to)
+    if kind == "cmd/prices":
+        return PricesCommand(
+            data["id"],
+            created,
+            data.get("area"),
+            parse_ts(data["start"]),
+            int(data["step_s"]),
+            tuple(float(p) for p in data["prices_eur_mwh"]),
+        )
     frames = []
     for i, raw in enumerate(data["frames"]):
         _known("node", raw["node"], site.nodes)
