@@ -23,7 +23,25 @@ from tests.tlsutil import Pki, make_pki
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None)
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
 SKIP_REASON = "mosquitto is not installed (scripts/setup.sh installs it when run as root)"
-USERS = {"site": "secret", "cloud": "cloudpw"}
+USERS = {"site": "secret", "cloud": "cloudpw", "intruder": "letmein"}
+ACL = """\
+# The site publishes what it reports and reads its plans and commands; only the cloud may send those.
+user site
+topic read plaza/v1/+/+/plan
+topic read plaza/v1/+/+/cmd/#
+topic write plaza/v1/+/+/state
+topic write plaza/v1/+/+/telemetry
+topic write plaza/v1/+/+/sessions
+topic write plaza/v1/+/+/alarms
+topic write plaza/v1/+/+/ack
+
+user cloud
+topic readwrite plaza/v1/#
+
+# A client with a valid login but no business sending plans: it may only watch.
+user intruder
+topic read plaza/v1/#
+"""
 
 
 def free_port() -> int:
@@ -56,6 +74,8 @@ class Broker:
             subprocess.run(
                 [MOSQUITTO_PASSWD, *create, "-b", str(passwd), user, password], check=True, capture_output=True
             )
+        acl = directory / "acl"
+        acl.write_text(ACL, encoding="ascii")
         persistence = directory / "persistence"
         persistence.mkdir(exist_ok=True)
         port = free_port()
@@ -67,6 +87,7 @@ class Broker:
             "tls_version tlsv1.2",
             "allow_anonymous false",
             f"password_file {passwd}",
+            f"acl_file {acl}",
             "persistence true",
             f"persistence_location {persistence}/",
             "autosave_interval 1",

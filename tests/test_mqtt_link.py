@@ -21,7 +21,7 @@ import pytest
 from drivers.mqtt.config import MqttConfig, MqttTlsConfig, OutboxConfig
 from drivers.mqtt.link import CloudLink
 from drivers.mqtt.messages import Plan, SiteIds, session_event, validator
-from tests.mqtt_broker import MOSQUITTO, SKIP_REASON, Broker
+from tests.mqtt_broker import MOSQUITTO, SKIP_REASON, USERS, Broker
 from tests.tlsutil import client_context
 
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason=SKIP_REASON)
@@ -67,15 +67,15 @@ def _config(broker: Broker, tmp_path: Path, password: str = "secret", **kwargs: 
 class Cloud:
     """The cloud side: a gmqtt client that records what it receives, by topic."""
 
-    def __init__(self, broker: Broker, persistent: bool = False, base: str = BASE) -> None:
+    def __init__(self, broker: Broker, persistent: bool = False, base: str = BASE, user: str = "cloud") -> None:
         self.broker = broker
         self.base = base
         self.received: list[tuple[str, dict[str, Any], bool]] = []
         self.arrived = asyncio.Event()
         # A persistent session (as the cloud's consumer has) gets what was published while it was away.
         session = {"clean_session": False, "session_expiry_interval": 3600} if persistent else {}
-        self.client = gmqtt.Client("cloud-test", **session)
-        self.client.set_auth_credentials("cloud", "cloudpw")
+        self.client = gmqtt.Client(f"{user}-test", **session)
+        self.client.set_auth_credentials(user, USERS[user])
         self.client.on_message = self._on_message
 
     def _on_message(self, client: Any, topic: str, payload: bytes, qos: int, properties: dict[str, Any]) -> int:
@@ -114,8 +114,8 @@ async def running(link: CloudLink) -> AsyncIterator[asyncio.Event]:
 
 
 @contextlib.asynccontextmanager
-async def cloud(broker: Broker, persistent: bool = False) -> AsyncIterator[Cloud]:
-    side = Cloud(broker, persistent)
+async def cloud(broker: Broker, persistent: bool = False, user: str = "cloud") -> AsyncIterator[Cloud]:
+    side = Cloud(broker, persistent, user=user)
     await side.connect()
     try:
         yield side
@@ -204,6 +204,24 @@ async def test_a_plan_reaches_the_queue_and_is_acked(broker: Broker, tmp_path: P
         side.publish("plan", plan())
         await until(lambda: link.stats.duplicates == 1)
         assert link.queue.empty()
+
+
+@synchronous
+async def test_a_plan_from_a_client_the_broker_does_not_authorise_never_reaches_the_controller(
+    broker: Broker, tmp_path: Path
+) -> None:
+    link = CloudLink(_config(broker, tmp_path), SITE)
+    async with asyncio.timeout(20), running(link), cloud(broker, user="intruder") as intruder:
+        await until(lambda: link.connected)
+        intruder.publish("plan", plan("forged"))
+        intruder.publish("cmd/departure", {"schema": "plaza/v1/cmd/departure", "id": "forged-cmd"})
+        await asyncio.sleep(1.0)
+        assert link.queue.empty()
+        assert link.stats.accepted == link.stats.rejected == 0, "the broker's ACL dropped them"
+        async with cloud(broker) as side:  # the cloud's own login gets through
+            side.publish("plan", plan("real"))
+            received = await link.queue.get()
+            assert received.message.id == "real"
 
 
 @pytest.mark.parametrize(
