@@ -16,9 +16,13 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from controller.targets import PriceCurve, Targets
+
+if TYPE_CHECKING:
+    # controller.limits imports this module at run time; the annotations here are only strings.
+    from controller.limits import RemoteLimits
 
 Triple = tuple[float, float, float]
 ZERO3: Triple = (0.0, 0.0, 0.0)
@@ -117,6 +121,9 @@ class InputSnapshot:
     """The cloud plan's targets for now, set by the cloud link when a usable plan is in force."""
     prices: PriceCurve | None = None
     """The last known day-ahead prices (for the fallback schedule), set by whoever receives them."""
+    remote_limits: RemoteLimits | None = None
+    """DSO commands and capacity blocks from outside the site, set by the cloud link; each carries its
+    own validity window, so an expired one needs no clearing to stop binding."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +140,8 @@ class ProcessImage:
     targets: Targets | None = None
     """The cloud plan's targets for this cycle; None: no usable plan (the fallback schedule decides)."""
     prices: PriceCurve | None = None
+    remote_limits: RemoteLimits | None = None
+    """The limit commands held for this cycle; the limits step applies those in force at ``t``."""
 
 
 def _finite(*values: float) -> bool:
@@ -186,6 +195,7 @@ def freeze(
         resets=resets,
         targets=snapshot.targets,
         prices=snapshot.prices,
+        remote_limits=snapshot.remote_limits,
     )
 
 

@@ -177,7 +177,7 @@ class ControlProgram:
             resets=image.resets,
         )
         state.latches = dict(interlocks.latches)
-        limits = effective_limits(site, self._fuse_limits, now, image.dso)
+        limits = effective_limits(site, self._fuse_limits, now, image.dso, image.remote_limits)
         dso_pct = dso_limit_pct(site, image.dso)
         self._track_sessions(image)
 
