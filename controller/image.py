@@ -94,6 +94,8 @@ class SessionRequest:
     departure_ts: float | None
     energy_wh: float | None
     ts: float
+    priority: int | None = None
+    """A priority 0-9 the fleet system set for this session (overrides badge and location)."""
 
 
 @dataclass(frozen=True, slots=True)

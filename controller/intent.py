@@ -132,7 +132,9 @@ def connector_intent(
         departure_ts = request.departure_ts if request.departure_ts is not None else departure_ts
         energy_wh = request.energy_wh if request.energy_wh is not None else energy_wh
     profile = site.users.get(session.id_token) if session.id_token else None
-    if profile is not None:
+    if request is not None and request.priority is not None:
+        base = request.priority
+    elif profile is not None:
         base = profile.priority
     elif connector.location_priority is not None:
         base = connector.location_priority

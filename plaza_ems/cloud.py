@@ -5,8 +5,10 @@ replaces the one in force (one whose window has already ended is acked as reject
 command becomes the session's request (intent, like an ISO 15118 or app request). The plan in force
 becomes the cycle's targets (``InputSnapshot.targets``) while it is valid *and* the cloud is alive: when
 the link has been down for ``plan_stale_after_s`` the plan is dropped and the local fallback schedule
-decides (SPEC F19, R4). Commands the controller does not carry out yet (priority, DSO limit, capacity
-frames) are acked as rejected with that reason — never silently ignored.
+decides (SPEC F19, R4). Commands: a departure or priority command becomes the session's request (intent)
+until the session ends (a priority until its ``until``); a DSO limit command replaces the one before for
+its node and binds until its end, capacity frames replace those they overlap — both as limits of step 3,
+whatever the link does meanwhile. Commands in force are kept in the state directory for a restart.
 
 After each cycle (``after_cycle``) a newly accepted plan is acked with what local protection clamped
 (``CycleOutput.clamped``: the connector, what the plan asked, what it got — SPEC R1); session starts and
@@ -26,12 +28,14 @@ import json
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from controller.config import SiteConfig
 from controller.image import InputSnapshot, ProcessImage, SessionRequest
 from controller.intent import Session
+from controller.limits import RemoteCapacityBlock, RemoteDsoLimit, RemoteLimits
 from controller.program import ControlProgram, CycleOutput
 from controller.site import Site
 from controller.targets import PriceCurve, Targets
@@ -40,8 +44,10 @@ from drivers.mqtt.link import CloudLink, Received
 from drivers.mqtt.messages import (
     Clamp,
     DepartureCommand,
+    DsoLimitCommand,
     Plan,
     PricesCommand,
+    PriorityCommand,
     SiteIds,
     alarm_message,
     plan_targets,
@@ -57,6 +63,7 @@ ALARM_SEVERITY = {"tripped": "critical", "overdraw": "warning"}
 OUTBOX_FILE = "mqtt-outbox.sqlite"
 PLAN_FILE = "cloud-plan.json"
 PRICES_FILE = "cloud-prices.json"
+COMMANDS_FILE = "cloud-commands.json"
 
 
 class CloudBridge:
@@ -77,6 +84,14 @@ class CloudBridge:
         self._prices_path = state_dir / PRICES_FILE
         self.prices: PriceCurve | None = load_prices(self._prices_path)
         """The last known day-ahead prices, for the local fallback schedule (kept across restarts)."""
+        # Commands in force, kept across restarts: session requests (departure, energy, priority) by
+        # connector until the session ends, DSO limits by node and capacity blocks until their end.
+        self._commands_path = state_dir / COMMANDS_FILE
+        self._requests: dict[str, SessionRequest] = {}
+        self._priority_until: dict[str, float] = {}
+        self._dso: dict[str | None, RemoteDsoLimit] = {}
+        self._blocks: list[RemoteCapacityBlock] = []
+        self._load_commands()
         self.targets: Targets | None = None
         self._plan_to_ack: Received | None = None
         self._down_since_ts: float | None = None
@@ -110,6 +125,91 @@ class CloudBridge:
             self.plan = None
         snapshot.targets = self.targets
         snapshot.prices = self.prices
+        self._expire(now)
+        # Re-applied every cycle: another source (an OCPP station's ISO 15118 needs) may have replaced them.
+        snapshot.requests.update(self._requests)
+        snapshot.remote_limits = (
+            RemoteLimits(tuple(self._dso.values()), tuple(self._blocks)) if self._dso or self._blocks else None
+        )
+
+    def _expire(self, now: float) -> None:
+        """Drop the commands whose time is over."""
+        changed = False
+        for connector, until in list(self._priority_until.items()):
+            if now >= until:
+                del self._priority_until[connector]
+                request = self._requests.get(connector)
+                if request is not None:
+                    self._requests[connector] = replace(request, priority=None)
+                changed = True
+        for node, command in list(self._dso.items()):
+            if now >= command.valid_to_ts:
+                del self._dso[node]
+                changed = True
+        blocks = [b for b in self._blocks if now < b.end_ts]
+        if len(blocks) != len(self._blocks):
+            self._blocks = blocks
+            changed = True
+        if changed:
+            self._save_commands()
+
+    def _save_commands(self) -> None:
+        document = {
+            "requests": {
+                c: {"departure_ts": r.departure_ts, "energy_wh": r.energy_wh, "ts": r.ts, "priority": r.priority}
+                for c, r in self._requests.items()
+            },
+            "priority_until": self._priority_until,
+            "dso": [
+                {
+                    "node": d.node,
+                    "limit_pct": d.limit_pct,
+                    "valid_from_ts": d.valid_from_ts,
+                    "valid_to_ts": d.valid_to_ts,
+                }
+                for d in self._dso.values()
+            ],
+            "capacity": [
+                {"node": b.node, "start_ts": b.start_ts, "end_ts": b.end_ts, "limit_w": b.limit_w} for b in self._blocks
+            ],
+        }
+        write_json_atomically(self._commands_path, document, "the commands in force")
+
+    def _load_commands(self) -> None:
+        try:
+            document = json.loads(self._commands_path.read_text(encoding="utf-8"))
+            requests = {
+                str(c): SessionRequest(
+                    _opt_float(r["departure_ts"]),
+                    _opt_float(r["energy_wh"]),
+                    float(r["ts"]),
+                    None if r["priority"] is None else min(9, max(0, int(r["priority"]))),
+                )
+                for c, r in document["requests"].items()
+            }
+            until = {str(c): float(t) for c, t in document["priority_until"].items()}
+            dso = {
+                _opt_str(d["node"]): RemoteDsoLimit(
+                    _opt_str(d["node"]), float(d["limit_pct"]), _opt_float(d["valid_from_ts"]), float(d["valid_to_ts"])
+                )
+                for d in document["dso"]
+            }
+            blocks = [
+                RemoteCapacityBlock(str(b["node"]), float(b["start_ts"]), float(b["end_ts"]), float(b["limit_w"]))
+                for b in document["capacity"]
+            ]
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            log.error("kept commands %s not used: %s", self._commands_path, err)
+            return
+        self._requests, self._priority_until, self._dso, self._blocks = requests, until, dso, blocks
+        log.info(
+            "commands kept from before the restart: %d session request(s), %d DSO limit(s), %d capacity block(s)",
+            len(requests),
+            len(dso),
+            len(blocks),
+        )
 
     def _take(self, received: Received, snapshot: InputSnapshot, now: float) -> None:
         message = received.message
@@ -137,22 +237,49 @@ class CloudBridge:
                 message.start_ts,
             )
             self.link.acknowledge(message.id, received.topic, accepted=True)
-        elif isinstance(message, DepartureCommand):
+        elif isinstance(message, DepartureCommand | PriorityCommand):
             connector = message.connector or self._connector_of_token(snapshot, message.id_token)
             if connector is None:
                 self.link.acknowledge(
                     message.id, received.topic, accepted=False, reason=f"no session with id token {message.id_token!r}"
                 )
                 return
-            snapshot.requests[connector] = SessionRequest(message.departure_ts, message.energy_wh, now)
+            before = self._requests.get(connector)
+            if isinstance(message, DepartureCommand):
+                priority = before.priority if before is not None else None
+                request = SessionRequest(message.departure_ts, message.energy_wh, now, priority)
+            else:
+                departure, energy = (before.departure_ts, before.energy_wh) if before is not None else (None, None)
+                request = SessionRequest(departure, energy, now, message.priority)
+                if message.until_ts is not None:
+                    self._priority_until[connector] = message.until_ts
+            self._requests[connector] = request
+            self._save_commands()
+            self.link.acknowledge(message.id, received.topic, accepted=True)
+        elif isinstance(message, DsoLimitCommand):
+            # The newest command for a node replaces the one before: that is how the DSO lifts a limit.
+            self._dso[message.node] = RemoteDsoLimit(
+                message.node, message.limit_pct, message.valid_from_ts, message.valid_to_ts
+            )
+            log.warning(
+                "DSO limit command %s: %s at %.0f %% until %s",
+                message.id,
+                message.node or "the DSO node",
+                message.limit_pct,
+                message.valid_to_ts,
+            )
+            self._save_commands()
             self.link.acknowledge(message.id, received.topic, accepted=True)
         else:
-            self.link.acknowledge(
-                message.id,
-                received.topic,
-                accepted=False,
-                reason=f"{type(message).__name__} is not carried out by this controller version",
-            )
+            # New capacity frames replace the ones they overlap on the same node (a corrected day-ahead).
+            new = [RemoteCapacityBlock(f.node, f.start_ts, f.end_ts, f.limit_w) for f in message.frames]
+            self._blocks = [
+                b
+                for b in self._blocks
+                if not any(n.node == b.node and n.start_ts < b.end_ts and b.start_ts < n.end_ts for n in new)
+            ] + new
+            self._save_commands()
+            self.link.acknowledge(message.id, received.topic, accepted=True)
 
     def _connector_of_token(self, snapshot: InputSnapshot, id_token: str | None) -> str | None:
         for connector_id, reading in snapshot.connectors.items():
@@ -217,6 +344,10 @@ class CloudBridge:
                 continue
             if before is not None:
                 self._send_session("stop", connector.id, before, self._energy_wh[index], now)
+                # The fleet system's wishes were for that session: the next one starts afresh.
+                if self._requests.pop(connector.id, None) is not None:
+                    self._priority_until.pop(connector.id, None)
+                    self._save_commands()
             if session is not None:
                 self._send_session("start", connector.id, session, 0.0, now)
             self._sessions[index] = session
@@ -248,6 +379,22 @@ class CloudBridge:
             "outbox_rows": len(self.link.outbox),
             "last_error": stats.last_error,
         }
+
+
+def _opt_float(value: Any) -> float | None:
+    """None, or a finite number; anything else is not a value this file can hold (ValueError)."""
+    if value is None:
+        return None
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{value!r} is not a finite number")
+    return number
+
+
+def _opt_str(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise ValueError(f"{value!r} is not a name")
 
 
 def save_prices(path: Path, prices: PricesCommand) -> None:

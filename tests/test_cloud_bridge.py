@@ -1,14 +1,46 @@
-"""The plan in force kept across a controller restart (the cloud bridge's file in the state directory)."""
+"""The cloud bridge without a broker: what plans and commands do to the cycle's inputs, and what survives a restart.
+
+Messages are put on the link's queue as the link would after its checks; acks land in the outbox.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import pytest
 
-from drivers.mqtt.messages import Plan, PricesCommand, plan_targets
-from plaza_ems.cloud import PLAN_FILE, PRICES_FILE, load_plan, load_prices, save_plan, save_prices
+from controller.config import parse_config
+from controller.image import ConnectorReading, InputSnapshot, ProcessImage, SessionRequest, freeze
+from controller.intent import Session
+from controller.limits import RemoteCapacityBlock, RemoteDsoLimit
+from controller.program import ControlProgram
+from controller.site import compile_site
+from drivers.mqtt.config import MqttConfig
+from drivers.mqtt.link import Received
+from drivers.mqtt.messages import (
+    CapacityFrame,
+    CapacityFrameCommand,
+    DepartureCommand,
+    DsoLimitCommand,
+    Plan,
+    PricesCommand,
+    PriorityCommand,
+    plan_targets,
+)
+from plaza_ems.cloud import PLAN_FILE, PRICES_FILE, CloudBridge, load_plan, load_prices, save_plan, save_prices
+
+SITE_TEXT = """
+site: {id: s1}
+dso: {id: dso, node: grid}
+tree:
+  id: grid
+  limit_a: 100
+  children:
+    - {id: cp1, limit_a: 32, connectors: [{id: c1}, {id: c2}]}
+"""
+T = 2_000_000_000.0
 
 PLAN = Plan(
     id="p7",
@@ -58,3 +90,98 @@ def test_the_last_day_ahead_prices_are_kept_for_a_restart(tmp_path: Path, caplog
     with caplog.at_level(logging.ERROR):
         assert load_prices(tmp_path / PRICES_FILE) is None
     assert "no usable prices" in caplog.text
+
+
+def bridge(state_dir: Path) -> CloudBridge:
+    config = parse_config(SITE_TEXT).config
+    site = compile_site(config)
+    return CloudBridge(MqttConfig(host="127.0.0.1", port=1), config, site, ControlProgram(site), state_dir)
+
+
+def take(b: CloudBridge, snapshot: InputSnapshot, *messages: object, now: float = T) -> list[dict[str, object]]:
+    """Queue the messages, run refresh, return the acks written."""
+    for message in messages:
+        b.link.queue.put_nowait(Received("plaza/v1/s1/main/cmd/x", message, now))  # type: ignore[arg-type]
+    b.refresh(snapshot, now)
+    return [json.loads(r.payload) for r in b.link.outbox.pending(limit=1000) if r.kind == "ack"]
+
+
+def test_departure_and_priority_commands_become_the_session_request_and_survive_a_restart(tmp_path: Path) -> None:
+    b = bridge(tmp_path)
+    snapshot = InputSnapshot()
+    snapshot.connectors["c2"] = ConnectorReading("C2", (16.0, 16.0, 16.0), 11_000.0, 0.0, "BADGE-2", T)
+    acks = take(
+        b,
+        snapshot,
+        DepartureCommand("d1", T, "c1", None, T + 3600, 20_000.0),
+        PriorityCommand("p1", T, None, "BADGE-2", 7, T + 600),
+        DepartureCommand("d2", T, None, "NOBODY", T + 3600, None),
+    )
+    assert snapshot.requests["c1"] == SessionRequest(T + 3600, 20_000.0, T, None)
+    assert snapshot.requests["c2"] == SessionRequest(None, None, T, 7)
+    assert [(a["id"], a["accepted"]) for a in acks] == [("d1", True), ("p1", True), ("d2", False)]
+    assert "no session with id token 'NOBODY'" in str(acks[2]["reason"])
+    # Another source (an OCPP station's charging needs) writes the same key: the command is applied again.
+    snapshot.requests["c1"] = SessionRequest(T + 99, None, T)
+    b.refresh(snapshot, T + 1)
+    assert snapshot.requests["c1"].departure_ts == T + 3600
+    # A restarted controller has them; the priority ends at its `until`.
+    restarted = bridge(tmp_path)
+    fresh = InputSnapshot()
+    restarted.refresh(fresh, T + 601)
+    assert fresh.requests["c1"].energy_wh == 20_000.0
+    assert fresh.requests["c2"].priority is None
+
+
+def test_a_session_that_ends_takes_its_requests_with_it(tmp_path: Path) -> None:
+    b = bridge(tmp_path)
+    snapshot = InputSnapshot()
+    take(b, snapshot, DepartureCommand("d1", T, "c1", None, T + 3600, 20_000.0))
+    memory = b.program.state.connectors[0]
+    memory.session = Session(T, None, None, None)
+    image = _image(snapshot)
+    b._session_events(image, T)  # the session opens
+    memory.session = None
+    b._session_events(image, T + 10)  # and ends
+    fresh = InputSnapshot()
+    b.refresh(fresh, T + 11)
+    assert "c1" not in fresh.requests
+
+
+def test_dso_limits_replace_per_node_and_capacity_frames_replace_what_they_overlap(tmp_path: Path) -> None:
+    b = bridge(tmp_path)
+    snapshot = InputSnapshot()
+    take(
+        b,
+        snapshot,
+        DsoLimitCommand("l1", T, None, 30.0, None, T + 3600),
+        CapacityFrameCommand(
+            "f1", T, (CapacityFrame("grid", T, T + 900, 40_000.0), CapacityFrame("grid", T + 900, T + 1800, 50_000.0))
+        ),
+    )
+    assert snapshot.remote_limits is not None
+    assert snapshot.remote_limits.dso == (RemoteDsoLimit(None, 30.0, None, T + 3600),)
+    take(
+        b,
+        snapshot,
+        DsoLimitCommand("l2", T, None, 100.0, None, T + 3600),  # the DSO lifts its limit
+        CapacityFrameCommand("f2", T, (CapacityFrame("grid", T + 1000, T + 1200, 45_000.0),)),
+    )
+    assert snapshot.remote_limits is not None
+    assert snapshot.remote_limits.dso == (RemoteDsoLimit(None, 100.0, None, T + 3600),)
+    assert snapshot.remote_limits.capacity == (
+        RemoteCapacityBlock("grid", T, T + 900, 40_000.0),
+        RemoteCapacityBlock("grid", T + 1000, T + 1200, 45_000.0),
+    )
+    # Kept for a restart, dropped when over.
+    restarted = bridge(tmp_path)
+    fresh = InputSnapshot()
+    restarted.refresh(fresh, T + 1100)
+    assert fresh.remote_limits is not None
+    assert [blk.limit_w for blk in fresh.remote_limits.capacity] == [45_000.0]
+    restarted.refresh(fresh, T + 3600)
+    assert fresh.remote_limits is None
+
+
+def _image(snapshot: InputSnapshot) -> ProcessImage:
+    return freeze(snapshot, T, 5.0, ("c1", "c2"), ())

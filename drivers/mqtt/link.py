@@ -137,8 +137,11 @@ class CloudLink:
         self.config = config
         self.site = site
         self.topics = Topics(site.site, config.controller)
-        self.outbox = outbox or Outbox(
-            config.outbox.path, max_rows=config.outbox.max_rows, max_bytes=config.outbox.max_bytes
+        # Not ``outbox or ...``: an empty Outbox is falsy (it has a length).
+        self.outbox = (
+            outbox
+            if outbox is not None
+            else Outbox(config.outbox.path, max_rows=config.outbox.max_rows, max_bytes=config.outbox.max_bytes)
         )
         self.clock = clock
         self.rng = rng or random.Random()
