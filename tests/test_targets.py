@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from controller.image import SessionRequest
 from controller.targets import PriceCurve, TargetFollower, Targets
 from tests.cycles import T0, Ev, Plaza
 
@@ -170,3 +171,11 @@ def test_no_target_whatever_it_says_pushes_a_node_over_its_limit(
             assert all(math.isfinite(a) and a >= 0.0 for a in sp.values()), sp
             assert sp["c1"] + sp["c2"] <= 40.0 + 1e-6, sp
             assert max(sp.values()) <= 32.0 + 1e-6, sp
+
+
+def test_a_fleet_priority_request_serves_its_session_first() -> None:
+    p = plaza()
+    p.snapshot.requests["c2"] = SessionRequest(None, None, T0, priority=9)
+    sp = follow(p, 4)
+    assert sp["c2"] == pytest.approx(32.0), "priority 9 is served first on sub's 40 A"
+    assert sp["c1"] == pytest.approx(8.0)
