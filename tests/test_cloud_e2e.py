@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import random
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +33,10 @@ BASE = "plaza/v1/hil-small/main"
 LIMITS_A = {"grid": 100.0, "sub-a": 63.0, "cp1": 32.0, "cp2": 32.0}
 CONNECTORS = ("cp1-1", "cp1-2", "cp2-1", "cp2-2")
 STALE_S = 3.0
+SWITCH_S = 4.0
+"""control.target_switch_s: the glide when intent changes source."""
+PLAN_A = 10.0
+"""What the later plans give cp1-1 (less than it would get without them)."""
 RAMP_A_PER_S = 4.0  # the site's control.ramp_up_a_per_s default
 PERIOD_S = 0.5
 
@@ -42,7 +47,8 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def full_power_plan(plan_id: str) -> dict[str, Any]:
+def full_power_plan(plan_id: str, cp1_1_a: float = 32.0) -> dict[str, Any]:
+    """32 A on every connector (cp1-1: ``cp1_1_a``) for an hour."""
     now = time.time()
     return {
         "schema": "plaza/v1/plan",
@@ -52,12 +58,13 @@ def full_power_plan(plan_id: str) -> dict[str, Any]:
         "valid_from": iso(now - 60),
         "valid_to": iso(now - 60 + 4 * 900),
         "step_s": 900,
-        "connectors": {c: [32.0] * 4 for c in CONNECTORS},
+        "connectors": {c: [cp1_1_a if c == "cp1-1" else 32.0] * 4 for c in CONNECTORS},
     }
 
 
 def site_file(tmp_path: Path, broker: Broker) -> Path:
     site = yaml.safe_load(SITE.read_text(encoding="utf-8"))
+    site["control"] = {"target_switch_s": SWITCH_S}
     site["mqtt"] = {
         "host": "127.0.0.1",
         "port": broker.port,
@@ -120,6 +127,9 @@ def test_plans_outages_and_the_switch_back(tmp_path: Path) -> None:
             watch()
             await asyncio.sleep(0.05)
 
+    def charger_a(connector: str) -> float:
+        return plaza.simulation.plant.chargers[connector].applied_a
+
     async def run_until(t_rel: float) -> None:
         while plaza.clock() - plaza.scenario.start_s < t_rel:
             await run_for(0.05)
@@ -148,11 +158,13 @@ def test_plans_outages_and_the_switch_back(tmp_path: Path) -> None:
                     cloud = Cloud(broker, persistent=True, base=BASE)
                     await cloud.connect()
                     await run_for(5.0)
-                    cloud.publish("plan", full_power_plan(plan_id))
+                    results.setdefault("cp1_1_on_fallback_a", []).append(charger_a("cp1-1"))
+                    cloud.publish("plan", full_power_plan(plan_id, cp1_1_a=PLAN_A))
                     while not any(a["id"] == plan_id for a in cloud.of("ack")):
                         await run_for(0.2)
                     results["switched_back_at"].append(plaza.clock() - plaza.scenario.start_s)
-                    await run_for(5.0)
+                    await run_for(SWITCH_S + 3.0)  # the glide down, the charger's response, a margin
+                    results.setdefault("cp1_1_on_plan_a", []).append(charger_a("cp1-1"))
                     results.setdefault("sessions", []).extend(cloud.of("sessions"))
                     results.setdefault("acks", []).extend(cloud.of("ack"))
                 await cloud.client.disconnect()
@@ -187,6 +199,9 @@ def test_plans_outages_and_the_switch_back(tmp_path: Path) -> None:
             # A start goes to the minimum current at once; a running session rises by the ramp per cycle.
             if before > 0.0 and t0 > 4.0:
                 assert after - before <= RAMP_A_PER_S * PERIOD_S + 1e-6, (CONNECTORS[k], t0, before, after)
+    # The later plans are followed; on the fallback in between, cp1-1 got more than they give it.
+    assert all(a <= PLAN_A + 0.1 for a in results["cp1_1_on_plan_a"]), results["cp1_1_on_plan_a"]
+    assert all(a > PLAN_A + 2.0 for a in results["cp1_1_on_fallback_a"]), results["cp1_1_on_fallback_a"]
     for switched in results["switched_back_at"]:
         during_switch = [a for t, a in applied if switched - 2.0 <= t <= switched + 4.0]
         assert all(a[0] > 0.0 and a[1] > 0.0 and a[2] > 0.0 for a in during_switch), "the switch paused nobody"
@@ -194,3 +209,76 @@ def test_plans_outages_and_the_switch_back(tmp_path: Path) -> None:
     stats = json.loads((tmp_path / "stats.json").read_text(encoding="utf-8"))
     assert stats["cloud"]["plan"] == "p3"
     assert stats["overruns"] == 0
+
+
+def fuzz_payloads(count: int, seed: int) -> list[tuple[str, bytes]]:
+    """Random and mutated payloads for every inbound topic: broken JSON, wrong types, huge and NaN values."""
+    rng = random.Random(seed)
+    kinds = ["plan", "cmd/departure", "cmd/priority", "cmd/dso_limit", "cmd/capacity_frame", "cmd/prices"]
+    leaves: list[Any] = [None, True, -1, 0, 1e308, -1e308, 10**30, "NaN", "x" * 300, [], {}, [[[]]], 3.5]
+    out: list[tuple[str, bytes]] = []
+    for i in range(count):
+        kind = rng.choice(kinds)
+        if i % 5 == 0:
+            out.append((kind, bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 200)))))
+            continue
+        message: dict[str, Any] = full_power_plan(f"fuzz-{i}") if kind == "plan" else {"id": f"fuzz-{i}"}
+        message["schema"] = f"plaza/v1/{kind}"
+        for _ in range(rng.randint(1, 4)):
+            key = rng.choice([*message.keys(), "connectors", "limit_pct", "node", "priority", "frames", "start"])
+            message[key] = rng.choice(leaves)
+        text = json.dumps(message)
+        if i % 7 == 0:
+            text = text.replace('"x', 'NaN, "x', 1)[: rng.randint(1, len(text))]
+        out.append((kind, text.encode()))
+    return out
+
+
+def test_random_and_mutated_payloads_on_every_inbound_topic_change_nothing_unsafe(tmp_path: Path) -> None:
+    broker = Broker.start(tmp_path / "broker")
+    site = site_file(tmp_path, broker)
+    from hil.scenario import load_scenario
+
+    plaza = HilPlaza(load_scenario(scenario_file(tmp_path, site)))
+    worst: dict[str, float] = dict.fromkeys(LIMITS_A, -1e9)
+    payloads = fuzz_payloads(150, seed=20261201)
+
+    async def run_for(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            plaza.tick()
+            if plaza.clock() - plaza.scenario.start_s > 4.0:
+                for node, limit in LIMITS_A.items():
+                    worst[node] = max(worst[node], max(plaza.simulation.plant.node_current_a[node]) - limit)
+            await asyncio.sleep(0.05)
+
+    async def main() -> tuple[list[dict[str, Any]], int | None, list[float]]:
+        await plaza.start()
+        process = await start_controller(site, tmp_path, "controller.log", stats=True)
+        try:
+            async with asyncio.timeout(90):
+                cloud = Cloud(broker, persistent=True, base=BASE)
+                await cloud.connect()
+                await run_for(6.0)
+                before = [plaza.simulation.plant.chargers[c].applied_a for c in CONNECTORS]
+                for kind, payload in payloads:
+                    cloud.publish(kind, payload)
+                    await run_for(0.02)
+                await run_for(4.0)
+                acks = cloud.of("ack")
+                await cloud.client.disconnect()
+                return acks, process.returncode, before
+        finally:
+            await stop_process(process)
+            await plaza.stop()
+            broker.stop()
+
+    acks, returncode, before = asyncio.run(main())
+    assert returncode is None, "the controller kept running"
+    assert all(excess <= 0.0 for excess in worst.values()), worst
+    assert len(acks) >= len(payloads) * 0.9, "(nearly) every payload answered; some are too broken to name"
+    accepted = [a for a in acks if a["accepted"]]
+    # Whatever got through the checks is a well-formed message; none may be a plan with bad numbers.
+    assert all(str(a["id"]).startswith("fuzz-") for a in accepted)
+    assert all(a["reason"] for a in acks if not a["accepted"])
+    assert any(before), "the plaza was charging"
