@@ -154,6 +154,9 @@ class ControlProgram:
         # have taken effect was set before it ran (``_overdraw``).
         self._started_ts = -math.inf
         self._follower = TargetFollower(site.config.control.target_switch_s)
+        self.targets_in_force: Targets | None = None
+        """The targets (plan's or fallback's) this cycle's intent was shaped by, for telemetry."""
+        self._battery_targets_w: Mapping[str, float] = {}
         self._fallback = FallbackSchedule(site)
         self._min_current_a = {c.id: c.min_current_a for c in site.connectors}
         # Per connector index: what the plan's target asks of a session this cycle, at most what the
@@ -454,6 +457,8 @@ class ControlProgram:
         source = image.targets
         if source is None and image.prices is not None:
             source = self._fallback_targets(image, intents, limits)
+        self.targets_in_force = source
+        self._battery_targets_w = source.batteries if source is not None else {}
         targets = self._follower.follow(source, image.t, self._min_current_a)
         plan = self._follower.source == "plan"
         wants = self._plan_wants_a = {}
@@ -687,7 +692,20 @@ class ControlProgram:
                     if missing_a > 0.0:
                         shortfall_w += missing_a * site.voltage_v * len(intent.phases)
             measured_w = reading.power_w
-            if shortfall_w > 0.0 and headroom_w < band_w:
+            wanted_w = self._battery_targets_w.get(battery.id)
+            if wanted_w is not None and math.isfinite(wanted_w):
+                # A plan's (or the fallback's) battery power is intent too. Discharging only lowers the
+                # import; charging may use what the battery is already counted at (the higher of its
+                # reading and its setpoint) plus what is left on its path, less the band; shaving a
+                # peak for curtailed sessions still wins where it discharges more.
+                if wanted_w > 0.0:
+                    counted_w = max(0.0, measured_w, memory.setpoint_w)
+                    target_w = min(wanted_w, counted_w + max(0.0, headroom_w - band_w))
+                else:
+                    target_w = wanted_w
+                if shortfall_w > 0.0 and headroom_w < band_w:
+                    target_w = min(target_w, measured_w - shortfall_w - max(0.0, -headroom_w))
+            elif shortfall_w > 0.0 and headroom_w < band_w:
                 target_w = measured_w - shortfall_w - max(0.0, -headroom_w)
             elif net_w < 0.0:
                 target_w = measured_w - net_w

@@ -312,7 +312,7 @@ class CloudBridge:
         if now >= self._next_telemetry_ts:
             self._next_telemetry_ts = now + self.config.telemetry_interval_s
             self.link.publish_telemetry(
-                build_telemetry(self.link.topics, self.site, image, output, targets=self.targets)
+                build_telemetry(self.link.topics, self.site, image, output, targets=self.program.targets_in_force)
             )
 
     def _ack_plan(self, received: Received, output: CycleOutput) -> None:

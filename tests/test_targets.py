@@ -179,3 +179,41 @@ def test_a_fleet_priority_request_serves_its_session_first() -> None:
     sp = follow(p, 4)
     assert sp["c2"] == pytest.approx(32.0), "priority 9 is served first on sub's 40 A"
     assert sp["c1"] == pytest.approx(8.0)
+
+
+BATTERY_SITE = """
+site: {id: tb}
+scan: {period_ms: 1000, stale_after_ms: 3000}
+margins: {current_a: 0, power_kw: 0}
+meters: [{id: m_grid}]
+tree:
+  id: grid
+  limit_a: 63
+  meter: m_grid
+  connectors: [{id: c1}]
+batteries:
+  - {id: bess, node: grid, capacity_kwh: 100, max_charge_kw: 50, max_discharge_kw: 50}
+"""
+
+
+def battery_w(p: Plaza) -> float:
+    assert p.last is not None
+    return p.last.batteries[0].power_w
+
+
+def test_a_plan_battery_target_is_followed_within_the_room_left_and_the_soc_bounds() -> None:
+    p = Plaza.from_yaml(BATTERY_SITE)
+    p.cycle(meters={"m_grid": (10.0, 10.0, 10.0)}, evs={"c1": None}, battery={"bess": (50.0, 0.0)})
+    p.snapshot.targets = Targets("plan", batteries={"bess": -15_000.0})
+    p.cycle()
+    assert battery_w(p) == pytest.approx(-15_000.0), "a discharge only lowers the import"
+    # Charging from the grid: 63 A less the 10 A building is 36.6 kW, less a 6 A band: 32.4 kW.
+    p.snapshot.targets = Targets("plan", batteries={"bess": 45_000.0})
+    p.cycle(battery={"bess": (50.0, 0.0)})
+    room_w = (63.0 - 10.0 - 6.0) * 3 * 230.0
+    assert battery_w(p) == pytest.approx(room_w)
+    p.snapshot.targets = Targets("plan", batteries={"bess": 20_000.0})
+    p.cycle()
+    assert battery_w(p) == pytest.approx(20_000.0)
+    p.cycle(battery={"bess": (96.0, 0.0)})  # full
+    assert battery_w(p) <= 0.0
