@@ -63,6 +63,8 @@ ALARM_SEVERITY = {"tripped": "critical", "overdraw": "warning"}
 OUTBOX_FILE = "mqtt-outbox.sqlite"
 PLAN_FILE = "cloud-plan.json"
 PRICES_FILE = "cloud-prices.json"
+SESSION_UPDATE_S = 300.0
+"""A running session's energy and targets go to ``sessions`` this often (between its start and stop)."""
 COMMANDS_FILE = "cloud-commands.json"
 
 
@@ -98,6 +100,7 @@ class CloudBridge:
         self._next_telemetry_ts = 0.0
         self._sessions: list[Session | None] = [None] * len(site.connectors)
         self._energy_wh: list[float] = [0.0] * len(site.connectors)
+        self._updated_ts: list[float] = [0.0] * len(site.connectors)
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.link.run(stop)
@@ -341,7 +344,11 @@ class CloudBridge:
                 self._energy_wh[index] = reading.energy_wh
             before = self._sessions[index]
             if session is before:
+                if session is not None and now - self._updated_ts[index] >= SESSION_UPDATE_S:
+                    self._updated_ts[index] = now
+                    self._send_session("update", connector.id, session, self._energy_wh[index], now)
                 continue
+            self._updated_ts[index] = now
             if before is not None:
                 self._send_session("stop", connector.id, before, self._energy_wh[index], now)
                 # The fleet system's wishes were for that session: the next one starts afresh.
@@ -354,11 +361,13 @@ class CloudBridge:
 
     def _send_session(self, event: str, connector: str, session: Session, energy_wh: float, now: float) -> None:
         session_id = f"{self.site.id}-{connector}-{int(session.started_ts * 1000)}"
+        # Start and stop happen once per session; an update is one of many, named by its time.
+        kind = f"update-{int(now)}" if event == "update" else event
         self.link.send(
             "session",
             session_event(
                 self.link.topics,
-                event_id=f"{session_id}-{event}",
+                event_id=f"{session_id}-{kind}",
                 ts=now,
                 event=event,  # type: ignore[arg-type]
                 session_id=session_id,

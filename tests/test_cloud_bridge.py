@@ -185,3 +185,18 @@ def test_dso_limits_replace_per_node_and_capacity_frames_replace_what_they_overl
 
 def _image(snapshot: InputSnapshot) -> ProcessImage:
     return freeze(snapshot, T, 5.0, ("c1", "c2"), ())
+
+
+def test_a_running_session_is_reported_every_five_minutes_between_its_start_and_stop(tmp_path: Path) -> None:
+    b = bridge(tmp_path)
+    snapshot = InputSnapshot()
+    memory = b.program.state.connectors[0]
+    memory.session = Session(T, "BADGE-1", T + 7200, 20_000.0)
+    for dt in (0.0, 100.0, 299.0, 300.0, 450.0, 601.0):
+        b._session_events(_image(snapshot), T + dt)
+    memory.session = None
+    b._session_events(_image(snapshot), T + 700.0)
+    events = [json.loads(r.payload) for r in b.link.outbox.pending(limit=100) if r.kind == "session"]
+    assert [e["event"] for e in events] == ["start", "update", "update", "stop"]
+    assert len({e["event_id"] for e in events}) == 4
+    assert {e["session_id"] for e in events} == {f"s1-c1-{int(T * 1000)}"}
