@@ -996,6 +996,7 @@ class Csms:
                     "connector": r.connector,
                     "id_token": r.id_token,
                     "events": r.events,
+                    "distinct_events": len(set(r.seq_nos)),
                     "offline_events": r.offline_events,
                     "complete": r.complete,
                     "ended": r.ended_ts is not None,
