@@ -267,6 +267,8 @@ class SiteConfig(_Model):
     ocpp: OcppConfig | None = None
     mqtt: dict[str, Any] | None = None
     """The cloud link; checked by the MQTT driver (``drivers/mqtt/config.py``), which this layer does not import."""
+    opcua: dict[str, Any] | None = None
+    """The maintenance OPC UA server; checked by ``drivers/opcua/config.py``, which this layer does not import."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,6 +126,10 @@ class InputSnapshot:
     remote_limits: RemoteLimits | None = None
     """DSO commands and capacity blocks from outside the site, set by the cloud link; each carries its
     own validity window, so an expired one needs no clearing to stop binding."""
+    maintenance: frozenset[str] = frozenset()
+    """Tree nodes an operator put in maintenance mode: every connector and battery below is held at 0."""
+    unavailable: frozenset[str] = frozenset()
+    """Connectors an operator took out of service: held at 0 until made available again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +148,8 @@ class ProcessImage:
     prices: PriceCurve | None = None
     remote_limits: RemoteLimits | None = None
     """The limit commands held for this cycle; the limits step applies those in force at ``t``."""
+    maintenance: frozenset[str] = frozenset()
+    unavailable: frozenset[str] = frozenset()
 
 
 def _finite(*values: float) -> bool:
@@ -198,6 +204,8 @@ def freeze(
         targets=snapshot.targets,
         prices=snapshot.prices,
         remote_limits=snapshot.remote_limits,
+        maintenance=snapshot.maintenance,
+        unavailable=snapshot.unavailable,
     )
 
 

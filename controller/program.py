@@ -162,6 +162,9 @@ class ControlProgram:
         # Per connector index: what the plan's target asks of a session this cycle, at most what the
         # session wants (for the clamp report).
         self._plan_wants_a: dict[int, float] = {}
+        self._blocked_key: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
+        self._blocked: frozenset[int] = frozenset()
+        self._blocked_nodes: frozenset[int] = frozenset()
 
     def step(self, image: ProcessImage) -> CycleOutput:
         site = self.site
@@ -396,15 +399,32 @@ class ControlProgram:
 
     # -- intent -----------------------------------------------------------------------------------
 
+    def _update_blocked(self, image: ProcessImage) -> None:
+        """Connector and node indices an operator blocked (maintenance subtrees, unavailable connectors)."""
+        key = (image.maintenance, image.unavailable)
+        if key == self._blocked_key:
+            return
+        site = self.site
+        nodes = {site.node_index[n] for n in image.maintenance if n in site.node_index}
+        subtree = {n.index for n in site.nodes if any(p in nodes for p in n.path)}
+        connectors = {c for n in nodes for c in site.nodes[n].connectors}
+        connectors.update(site.connector_index[c] for c in image.unavailable if c in site.connector_index)
+        self._blocked_key = key
+        self._blocked = frozenset(connectors)
+        self._blocked_nodes = frozenset(subtree)
+
     def _intents(self, image: ProcessImage, fixed: set[int], limits: tuple[NodeLimit, ...]) -> dict[int, Intent]:
         site = self.site
         intents: dict[int, Intent] = {}
         flexible: list[int] = []
         flexible_draw_w = 0.0
         last = self._last_intents
+        self._update_blocked(image)
+        blocked = self._blocked
         for connector, reading, memory in zip(site.connectors, image.connectors, self.state.connectors, strict=True):
             session = memory.session
-            if session is None or reading is None or connector.index in fixed:
+            # No intent, no demand: a blocked connector is allocated nothing and paused like any other.
+            if session is None or reading is None or connector.index in fixed or connector.index in blocked:
                 continue
             index = connector.index
             intent = last[index] = connector_intent(site, connector, reading, session, image, last[index])
@@ -674,6 +694,10 @@ class ControlProgram:
         net_w = root.power_w if root is not None and root.quality == _GOOD else None
         band_w = 3 * site.voltage_v * IEC_61851_MIN_CURRENT_A
         for battery, reading, memory in zip(site.batteries, image.batteries, self.state.batteries, strict=True):
+            if battery.node in self._blocked_nodes:
+                memory.setpoint_w = 0.0
+                commands.append(BatteryCommand(battery.id, 0.0, standby=True))
+                continue
             if reading is None or reading.quality != _GOOD or net_w is None:
                 memory.setpoint_w = 0.0
                 commands.append(BatteryCommand(battery.id, 0.0, standby=False))

@@ -36,6 +36,10 @@ def _check_config(args: argparse.Namespace) -> int:
         from plaza_ems.cloud import cloud_config
 
         cloud_config(loaded.config.mqtt, args.file)
+    if loaded.config.opcua is not None:
+        from drivers.opcua.config import opcua_config
+
+        opcua_config(loaded.config.opcua, args.file)
     site = compile_site(loaded.config)
     for warning in loaded.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -91,6 +95,31 @@ def _bench(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     result = bench_scan(args.connectors, args.levels, args.cycles)
     print(json.dumps(result) if args.json else " ".join(f"{k}={v}" for k, v in result.items()))
+    return 0
+
+
+def _bench_opcua(args: argparse.Namespace) -> int:
+    from plaza_ems.bench_opcua import bench_opcua
+
+    result = bench_opcua(args.connectors, args.cycles, args.change_pct)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>26}  {value}")
+    return 0
+
+
+def _opcua_password(args: argparse.Namespace) -> int:
+    import getpass
+
+    from drivers.opcua.config import hash_password
+
+    password = getpass.getpass("password: ") if args.password is None else args.password
+    if len(password) < 8:
+        print("error: use at least 8 characters", file=sys.stderr)
+        return 2
+    print(hash_password(password))
     return 0
 
 
@@ -198,6 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.set_defaults(func=_sim)
 
+    password = sub.add_parser("opcua-password", help="hash a password for a user of the opcua section")
+    password.add_argument("--password", default=None, help="default: asked for without echo")
+    password.set_defaults(func=_opcua_password)
+
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     scan = bench_sub.add_parser("scan", help="time steps 2-5 of the scan cycle")
@@ -215,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     ocpp.add_argument("--work-dir", default=None, help="keep the site file, scenario, log and stats here")
     ocpp.add_argument("--json", action="store_true")
     ocpp.set_defaults(func=_bench_ocpp)
+    opcua = bench_sub.add_parser("opcua", help="the OPC UA publish step's cost to the scan cycle (server on 127.0.0.1)")
+    opcua.add_argument("--connectors", type=int, default=500)
+    opcua.add_argument("--cycles", type=int, default=300)
+    opcua.add_argument("--change-pct", type=float, default=100.0, help="connectors whose current changes per cycle")
+    opcua.add_argument("--json", action="store_true")
+    opcua.set_defaults(func=_bench_opcua)
 
     run = sub.add_parser(
         "run", help="run the controller in real time: field devices (--config) or an in-process plaza (--scenario)"

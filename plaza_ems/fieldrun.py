@@ -27,9 +27,12 @@ from controller.site import compile_site
 from drivers.modbus.registry import build_devices
 from drivers.ocpp201.csms import Csms
 from drivers.ocpp201.stations import compile_stations
+from drivers.opcua.config import opcua_config
+from drivers.opcua.values import ControllerInfo
 from drivers.runtime import DeviceRunner
 from plaza_ems.cloud import CloudBridge, cloud_config
 from plaza_ems.inbox import CommandInbox
+from plaza_ems.maintenance import Maintenance, config_hash, software_version
 from plaza_ems.statestore import StateStore
 from plaza_ems.status import CyclePublisher
 
@@ -48,12 +51,14 @@ class FieldLink:
         inbox: CommandInbox,
         csms: Csms | None,
         cloud: CloudBridge | None = None,
+        maintenance: Maintenance | None = None,
     ) -> None:
         self.snapshot = snapshot
         self.runners = runners
         self.inbox = inbox
         self.csms = csms
         self.cloud = cloud
+        self.maintenance = maintenance
 
     def refresh(self, now: float) -> None:
         if self.csms is not None:
@@ -61,6 +66,8 @@ class FieldLink:
         if self.cloud is not None:
             self.cloud.refresh(self.snapshot, now)
         self.snapshot.resets.extend(self.inbox.poll(now))
+        if self.maintenance is not None:
+            self.maintenance.refresh(self.snapshot, now)
 
     def write(self, output: CycleOutput) -> None:
         for runner in self.runners:
@@ -90,6 +97,7 @@ class FieldPublisher(CyclePublisher):
         self.program = program
         self.store = store
         self.cloud: CloudBridge | None = None
+        self.maintenance: Maintenance | None = None
         self.image: Callable[[], ProcessImage | None] | None = None
         """The cycle's process image (the scan loop's), for the cloud's telemetry."""
 
@@ -98,7 +106,31 @@ class FieldPublisher(CyclePublisher):
         image = self.image() if self.image is not None else None
         if self.cloud is not None and image is not None:
             self.cloud.after_cycle(image, output)
+        if self.maintenance is not None and image is not None:
+            self.maintenance.after_cycle(image, output, stats, self.devices_online(), self._controller_info())
         super().publish(output, stats)
+
+    def devices_online(self) -> dict[str, bool]:
+        online = {r.device.name: r.status.available for r in self.runners}
+        if self.csms is not None:
+            online.update({sid: s.link is not None for sid, s in self.csms.stations.items()})
+        return online
+
+    def _controller_info(self) -> ControllerInfo | None:
+        if self.maintenance is None:
+            return None
+        base = self.maintenance.info
+        cloud = self.cloud
+        if cloud is None:
+            return base
+        plan = cloud.plan
+        return ControllerInfo(
+            firmware_version=base.firmware_version,
+            config_hash=base.config_hash,
+            cloud_connected=cloud.link.stats.connected,
+            plan_id=plan.id if plan is not None else None,
+            plan_created_ts=plan.created_ts if plan is not None else None,
+        )
 
     def log_status(self, output: CycleOutput, stats: CycleStats) -> None:
         available = sum(1 for r in self.runners if r.status.available)
@@ -123,6 +155,8 @@ class FieldPublisher(CyclePublisher):
             ocpp["ocpp"] = self.csms.report()
         if self.cloud is not None:
             ocpp["cloud"] = self.cloud.report()
+        if self.maintenance is not None:
+            ocpp["opcua"] = self.maintenance.report()
         return {
             **stats.summary(),
             **ocpp,
@@ -164,10 +198,15 @@ async def run_field_async(
     cloud = None
     if loaded.config.mqtt is not None:
         cloud = CloudBridge(cloud_config(loaded.config.mqtt, config_path), loaded.config, site, program, state_dir)
-    link = FieldLink(snapshot, runners, CommandInbox(state_dir), csms, cloud)
+    maintenance = None
+    if loaded.config.opcua is not None:
+        info = ControllerInfo(firmware_version=software_version(), config_hash=config_hash(config_path))
+        maintenance = Maintenance(opcua_config(loaded.config.opcua, config_path), site, state_dir, csms, info)
+    link = FieldLink(snapshot, runners, CommandInbox(state_dir), csms, cloud, maintenance)
     publisher = FieldPublisher(runners, csms, status_every_s, stats_json, program, store)
     loop = ScanLoop(site, program, link, link, publisher, SystemClock())
     publisher.cloud = cloud
+    publisher.maintenance = maintenance
     publisher.image = lambda: loop.image
     stop = stop or asyncio.Event()
     running = asyncio.get_running_loop()
@@ -183,6 +222,8 @@ async def run_field_async(
     )
     if csms is not None:
         await csms.start()
+    if maintenance is not None:
+        maintenance.start()
     tasks = [asyncio.create_task(runner.run(stop), name=runner.device.name) for runner in runners]
     if cloud is not None:
         tasks.append(asyncio.create_task(cloud.run(stop), name="cloud-link"))
@@ -198,6 +239,8 @@ async def run_field_async(
         await asyncio.gather(*tasks, return_exceptions=True)
         if csms is not None:
             await csms.stop()
+        if maintenance is not None:
+            await asyncio.to_thread(maintenance.stop)
         publisher.write_stats(loop.stats)
     log.info("stopped after %d cycles: %s", loop.stats.cycles, json.dumps(loop.stats.summary()))
     return loop.stats

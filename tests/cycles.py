@@ -19,6 +19,7 @@ from controller.image import (
     InputSnapshot,
     LatchReset,
     MeterReading,
+    ProcessImage,
     SessionRequest,
     freeze,
 )
@@ -44,6 +45,7 @@ class Plaza:
     t: float = T0
     silent: set[str] = field(default_factory=set)
     last: CycleOutput | None = None
+    image: ProcessImage | None = None
 
     @classmethod
     def from_yaml(cls, text: str) -> Plaza:
@@ -101,6 +103,7 @@ class Plaza:
             snap, t, self.site.stale_after_s, tuple(c.id for c in self.site.connectors),
             tuple(b.id for b in self.site.batteries),
         )
+        self.image = image
         self.last = self.program.step(image)
         return {s.connector: s.current_a for s in self.last.setpoints}
 
