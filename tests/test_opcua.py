@@ -404,3 +404,18 @@ def test_a_meter_reading_with_a_later_timestamp_is_published_with_it(rig: OpcuaR
             assert dv.SourceTimestamp.timestamp() == pytest.approx(reading.ts)
 
     asyncio.run(run())
+
+
+def test_config_errors_name_the_field() -> None:
+    from controller.config import ConfigError
+    from drivers.opcua.config import opcua_config
+
+    with pytest.raises(ConfigError) as err:
+        opcua_config({"port": 0, "users": [{"name": "x", "role": "admin", "password_hash": "x"}]}, "site.yaml")
+    text = str(err.value)
+    assert "opcua.port" in text
+    assert "opcua.users[0].role" in text
+    with pytest.raises(ConfigError, match=r"opcua\.certificate: file not found"):
+        opcua_config(
+            {"allow_anonymous": True, "certificate": "/nonexistent.der", "private_key": "/nonexistent.pem"}, "s"
+        )
