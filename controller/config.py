@@ -586,7 +586,7 @@ def _semantic_checks(config: SiteConfig) -> tuple[list[ConfigIssue], list[Config
         import zoneinfo
 
         zoneinfo.ZoneInfo(config.site.timezone)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
         errors.append(ConfigIssue("site.timezone", f"unknown time zone '{config.site.timezone}'"))
     return errors, warnings
 
