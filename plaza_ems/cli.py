@@ -275,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     forecast.set_defaults(func=_optimizer_command("mpc.forecast_eval", "plaza-ems bench forecast"), passthrough=True)
+    mpc = bench_sub.add_parser(
+        "mpc",
+        help="build and re-solve the charge-plan QP (OSQP) and check it against HiGHS; --help for its options",
+        add_help=False,
+    )
+    mpc.set_defaults(func=_optimizer_command("mpc.bench", "plaza-ems bench mpc"), passthrough=True)
 
     run = sub.add_parser(
         "run", help="run the controller in real time: field devices (--config) or an in-process plaza (--scenario)"
