@@ -282,6 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mpc.set_defaults(func=_optimizer_command("mpc.bench", "plaza-ems bench mpc"), passthrough=True)
 
+    optimizer = sub.add_parser(
+        "optimizer",
+        help="the cloud optimiser service: snapshots in over MQTT v5 shared subscriptions, plans out; --help",
+        add_help=False,
+    )
+    optimizer.set_defaults(func=_optimizer_command("mpc.service", "plaza-ems optimizer"), passthrough=True)
+
     run = sub.add_parser(
         "run", help="run the controller in real time: field devices (--config) or an in-process plaza (--scenario)"
     )

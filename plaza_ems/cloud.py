@@ -19,6 +19,11 @@ telemetry goes out every ``telemetry_interval_s``.
 The plan in force is kept in the state directory (``cloud-plan.json``, written atomically when a plan is
 accepted), so a restarted controller goes on with it while it is valid — and, as any plan, drops it once
 the link has been down for ``plan_stale_after_s``.
+
+For the optimiser a site snapshot (structure and state: sessions, SoC, uncontrolled load, the billing
+period's peak import, remote limits, prices) goes out every ``snapshot_interval_s`` while connected, and
+sooner — at most once per ``snapshot_debounce_s`` — after a session starts or stops or a departure or
+priority command changes what a session wants. It is published at QoS 1 but never kept in the outbox.
 """
 
 from __future__ import annotations
@@ -27,13 +32,15 @@ import asyncio
 import json
 import logging
 import math
+import uuid
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from controller.config import SiteConfig
-from controller.image import InputSnapshot, ProcessImage, SessionRequest
+from controller.image import InputSnapshot, ProcessImage, Quality, SessionRequest
 from controller.intent import Session
 from controller.limits import RemoteCapacityBlock, RemoteDsoLimit, RemoteLimits
 from controller.program import ControlProgram, CycleOutput
@@ -49,9 +56,13 @@ from drivers.mqtt.messages import (
     PricesCommand,
     PriorityCommand,
     SiteIds,
+    SnapshotSession,
     alarm_message,
     plan_targets,
     session_event,
+    site_structure,
+    snapshot_message,
+    structure_hash,
 )
 from drivers.mqtt.messages import telemetry_message as build_telemetry
 from drivers.mqtt.outbox import Outbox
@@ -101,6 +112,18 @@ class CloudBridge:
         self._sessions: list[Session | None] = [None] * len(site.connectors)
         self._energy_wh: list[float] = [0.0] * len(site.connectors)
         self._updated_ts: list[float] = [0.0] * len(site.connectors)
+        self._structure = site_structure(site)
+        self.structure_hash = structure_hash(site.id, self._structure)
+        self._next_snapshot_ts = -math.inf
+        self._last_snapshot_ts = -math.inf
+        self._snapshot_reason: str | None = "connect"
+        """Why the next snapshot is brought forward (None: it waits for its interval)."""
+        self._was_connected = False
+        self.snapshots_sent = 0
+        # The highest import at the connection this billing period (calendar month, site time), for
+        # the optimiser's peak tariff. In memory: after a restart it counts again from what it sees.
+        self._peak_import_w: float | None = None
+        self._peak_month: tuple[int, int] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.link.run(stop)
@@ -258,6 +281,7 @@ class CloudBridge:
                     self._priority_until[connector] = message.until_ts
             self._requests[connector] = request
             self._save_commands()
+            self._snapshot_reason = self._snapshot_reason or "command"
             self.link.acknowledge(message.id, received.topic, accepted=True)
         elif isinstance(message, DsoLimitCommand):
             # The newest command for a node replaces the one before: that is how the DSO lifts a limit.
@@ -317,6 +341,97 @@ class CloudBridge:
             self.link.publish_telemetry(
                 build_telemetry(self.link.topics, self.site, image, output, targets=self.program.targets_in_force)
             )
+        self._track_peak(image, now)
+        self._maybe_snapshot(image, output)
+
+    def _track_peak(self, image: ProcessImage, now: float) -> None:
+        root = self.site.nodes[0]
+        reading = image.meters.get(root.meter) if root.meter is not None else None
+        local = datetime.fromtimestamp(now, self.site.timezone)
+        month = (local.year, local.month)
+        if month != self._peak_month:
+            self._peak_month, self._peak_import_w = month, None
+        if reading is not None and reading.quality == Quality.GOOD and math.isfinite(reading.power_w):
+            self._peak_import_w = max(self._peak_import_w or 0.0, reading.power_w)
+
+    def _maybe_snapshot(self, image: ProcessImage, output: CycleOutput) -> None:
+        now = output.t
+        if not self.link.connected:
+            self._was_connected = False
+            return
+        if not self._was_connected:
+            self._was_connected = True
+            self._snapshot_reason = "connect"
+        due = now >= self._next_snapshot_ts
+        early = self._snapshot_reason is not None and now - self._last_snapshot_ts >= self.config.snapshot_debounce_s
+        if not (due or early):
+            return
+        reason = self._snapshot_reason or "interval"
+        if self.link.publish_snapshot(self._snapshot(image, output, reason)):
+            self.snapshots_sent += 1
+            self._last_snapshot_ts = now
+            self._next_snapshot_ts = now + self.config.snapshot_interval_s
+            self._snapshot_reason = None
+
+    def _snapshot(self, image: ProcessImage, output: CycleOutput, reason: str) -> dict[str, object]:
+        site = self.site
+        memories = self.program.state.connectors
+        sessions: dict[str, SnapshotSession | None] = {}
+        for index, connector in enumerate(site.connectors):
+            session = memories[index].session
+            reading = image.connectors[index]
+            if session is None:
+                sessions[connector.id] = None
+                continue
+            # What the user or fleet asked (ISO 15118, app, cmd/departure) over the badge's defaults.
+            request = image.requests.get(connector.id)
+            departure = request.departure_ts if request is not None else None
+            energy = request.energy_wh if request is not None else None
+            sessions[connector.id] = SnapshotSession(
+                started_ts=session.started_ts,
+                energy_wh=reading.energy_wh if reading is not None else self._energy_wh[index],
+                energy_target_wh=energy if energy is not None else session.energy_wh,
+                departure_ts=departure if departure is not None else session.departure_ts,
+                priority=self._priority(image, connector.id, connector.location_priority, session.id_token),
+            )
+        socs = {
+            b.id: (r.soc_pct if r is not None and r.quality == Quality.GOOD else None)
+            for b, r in zip(site.batteries, image.batteries, strict=True)
+        }
+        structure_nodes = self._structure["nodes"]
+        uncontrolled = output.uncontrolled
+        loads = {
+            node["id"]: (uncontrolled.power_w[i] if uncontrolled is not None else None)
+            for i, node in enumerate(structure_nodes)
+            if node["metered"]
+        }
+        return snapshot_message(
+            self.link.topics,
+            snapshot_id=uuid.uuid4().hex,
+            ts=output.t,
+            reason=reason,
+            structure=self._structure,
+            structure_id=self.structure_hash,
+            sessions=sessions,
+            battery_soc_pct=socs,
+            uncontrolled_w=loads,
+            peak_import_w=self._peak_import_w,
+            dso_pct=output.dso_pct,
+            remote_limits=image.remote_limits,
+            prices=self.prices,
+        )
+
+    def _priority(
+        self, image: ProcessImage, connector: str, location_priority: int | None, id_token: str | None
+    ) -> int:
+        """As the controller ranks the session: a fleet command, else the badge, else the location."""
+        request = image.requests.get(connector)
+        if request is not None and request.priority is not None:
+            return request.priority
+        user = self.site.users.get(id_token) if id_token is not None else None
+        if user is not None:
+            return user.priority
+        return location_priority if location_priority is not None else self.site.default_priority
 
     def _ack_plan(self, received: Received, output: CycleOutput) -> None:
         plan = received.message
@@ -349,6 +464,7 @@ class CloudBridge:
                     self._send_session("update", connector.id, session, self._energy_wh[index], now)
                 continue
             self._updated_ts[index] = now
+            self._snapshot_reason = self._snapshot_reason or "session"
             if before is not None:
                 self._send_session("stop", connector.id, before, self._energy_wh[index], now)
                 # The fleet system's wishes were for that session: the next one starts afresh.
@@ -386,6 +502,7 @@ class CloudBridge:
             "plan": self.plan.id if self.plan is not None else None,
             "intent_source": self.targets.source if self.targets is not None else None,
             "outbox_rows": len(self.link.outbox),
+            "snapshots_sent": self.snapshots_sent,
             "last_error": stats.last_error,
         }
 

@@ -1,7 +1,8 @@
 """A real mosquitto broker for the cloud-link tests: TLS on 127.0.0.1, passwords, persistence, restartable.
 
 ``Broker.start(directory)`` makes a throwaway CA and server certificate (``tests.tlsutil``), a password
-file (``mosquitto_passwd -b``) with the user ``site`` / ``secret`` and the user ``cloud`` / ``cloudpw``,
+file (``mosquitto_passwd -b``) with the user ``site`` / ``secret``, the user ``cloud`` / ``cloudpw`` and the
+optimiser's ``optimizer`` / ``optpw``,
 and a mosquitto.conf with one TLS listener on a free port of 127.0.0.1, ``allow_anonymous false`` and
 persistence in the directory; it starts ``mosquitto -c`` and waits until the port accepts. ``stop``,
 ``kill`` and ``restart`` act on that PID only. ``MOSQUITTO`` is None when the broker is not installed.
@@ -23,7 +24,7 @@ from tests.tlsutil import Pki, make_pki
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None)
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
 SKIP_REASON = "mosquitto is not installed (scripts/setup.sh installs it when run as root)"
-USERS = {"site": "secret", "cloud": "cloudpw", "intruder": "letmein"}
+USERS = {"site": "secret", "cloud": "cloudpw", "intruder": "letmein", "optimizer": "optpw"}
 ACL = """\
 # The site publishes what it reports and reads its plans and commands; only the cloud may send those.
 user site
@@ -34,6 +35,14 @@ topic write plaza/v1/+/+/telemetry
 topic write plaza/v1/+/+/sessions
 topic write plaza/v1/+/+/alarms
 topic write plaza/v1/+/+/ack
+topic write plaza/v1/+/+/snapshot
+
+# The optimiser reads snapshots (as a shared subscription) and every plan (to know which snapshot each
+# answers); it publishes plans and its answers to snapshots, and nothing else.
+user optimizer
+topic read plaza/v1/+/+/snapshot
+topic readwrite plaza/v1/+/+/plan
+topic write plaza/v1/+/+/snapshot/ack
 
 user cloud
 topic readwrite plaza/v1/#

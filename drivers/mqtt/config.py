@@ -70,6 +70,11 @@ class MqttConfig(_Model):
     backoff_first_s: PositiveS = 1.0
     backoff_cap_s: PositiveS = 300.0
     telemetry_interval_s: PositiveS = 10.0
+    snapshot_interval_s: PositiveS = 300.0
+    """How often the controller publishes a site snapshot for the optimiser."""
+    snapshot_debounce_s: PositiveS = 30.0
+    """A session start/stop or a departure/priority command brings the next snapshot forward, but no
+    sooner than this after the last one (a burst of arrivals makes one snapshot, not ten)."""
     plan_stale_after_s: PositiveS = 60.0
     """With the link down this long, the plan in force is dropped and the local fallback schedule decides."""
     max_payload_bytes: Annotated[int, Field(ge=1024, le=16 * 2**20)] = 256 * 1024

@@ -207,6 +207,17 @@ class CloudLink:
         )
         self.stats.telemetry_stored += 1
 
+    def publish_snapshot(self, message: Mapping[str, Any]) -> bool:
+        """QoS 1, not retained, only while connected (False otherwise): a stale snapshot is useless.
+
+        Not through the outbox: the next one, due within ``snapshot_interval_s``, replaces a lost one.
+        """
+        client = self._client
+        if not self.stats.connected or client is None:
+            return False
+        client.publish(self.topics.of("snapshot"), encode(message), qos=1)
+        return True
+
     # -- the connection ------------------------------------------------------------------------
 
     def backoff_s(self, failures: int) -> float:

@@ -11,6 +11,7 @@ window. Clamping to local limits is not done here: a plan is only intent and the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,7 @@ import jsonschema
 
 from controller.config import SiteConfig, walk_tree
 from controller.image import ProcessImage, Quality
+from controller.limits import RemoteLimits
 from controller.program import CycleOutput
 from controller.site import Site
 from controller.targets import PriceCurve, Targets
@@ -33,7 +35,7 @@ PREFIX = "plaza/" + VERSION
 DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
 COMMANDS = ("departure", "priority", "dso_limit", "capacity_frame", "prices")
 INBOUND_KINDS = ("plan", *(f"cmd/{name}" for name in COMMANDS))
-OUTBOUND_KINDS = ("state", "telemetry", "session", "alarm", "ack")
+OUTBOUND_KINDS = ("state", "telemetry", "session", "alarm", "ack", "snapshot")
 MAX_PLAN_DURATION_S = 7 * 86_400
 
 
@@ -83,6 +85,8 @@ class Plan:
     batteries: Mapping[str, tuple[float | None, ...]]
     """Battery id -> power per step (W, + charging)."""
     site_import_cap_w: tuple[float | None, ...] | None
+    snapshot_id: str | None = None
+    """The site snapshot the optimiser made this plan from (for the cloud's bookkeeping; not used here)."""
 
     @property
     def steps(self) -> int:
@@ -362,6 +366,7 @@ def _plan(data: dict[str, Any], created: float, site: SiteIds) -> Plan:
         connectors={c: series(f"connectors/{c}", v) for c, v in data["connectors"].items()},
         batteries={b: series(f"batteries/{b}", v) for b, v in batteries.items()},
         site_import_cap_w=None if cap is None else series("site_import_cap_w", cap),
+        snapshot_id=data.get("snapshot_id"),
     )
 
 
@@ -576,3 +581,180 @@ def ack_message(
             {"target": c.target, "requested": c.requested, "applied": c.applied, "reason": c.reason} for c in clamped
         ],
     }
+
+
+# -- the site snapshot, for the optimiser -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnapshotSession:
+    """An open session as the snapshot reports it."""
+
+    started_ts: float
+    energy_wh: float
+    """Delivered so far in this session."""
+    energy_target_wh: float | None
+    departure_ts: float | None
+    min_energy_wh: float = 0.0
+    priority: int
+    max_power_w: float | None = None
+    """The EV's own power limit when known."""
+
+
+def site_structure(site: Site) -> dict[str, Any]:
+    """What the optimiser plans for, as the snapshot's ``structure`` block.
+
+    Limits are net of the site's margins (``margins.current_a``, ``margins.power_kw``): the controller
+    keeps those below every limit, so a plan that used them could not be followed. A node is
+    ``metered`` when uncontrolled load or PV is attached to it (the root when none is), which is where
+    the optimiser applies the uncontrolled load it is told of.
+    """
+    margin_a = site.config.margins.current_a
+    margin_w = site.config.margins.power_kw * 1000.0
+    loaded = {load.node for load in site.loads} or {0}
+    nodes = [
+        {
+            "id": node.id,
+            "parent": site.nodes[node.parent].id if node.parent is not None else None,
+            "limit_a": round(max(node.rating_a - margin_a, 1e-3), 3),
+            "power_limit_w": None if node.power_limit_w is None else round(max(node.power_limit_w - margin_w, 0.0), 1),
+            "power_limited": node.index in site.power_limited,
+            "metered": node.index in loaded,
+        }
+        for node in site.nodes
+    ]
+    connectors = [
+        {
+            "id": c.id,
+            "node": site.nodes[c.node].id,
+            "dc": c.dc,
+            "rotation": list(c.rotation),
+            "min_current_a": c.min_current_a,
+            "max_current_a": c.max_current_a,
+            "min_power_w": round(c.min_power_w, 1),
+            "max_power_w": round(c.max_power_w, 1),
+            "voltage_v": site.voltage_v,
+        }
+        for c in site.connectors
+    ]
+    batteries = [
+        {
+            "id": b.id,
+            "node": site.nodes[b.node].id,
+            "capacity_wh": b.capacity_wh,
+            "max_charge_w": b.max_charge_w,
+            "max_discharge_w": b.max_discharge_w,
+            "soc_min_pct": b.soc_min_pct,
+            "soc_max_pct": b.soc_max_pct,
+            "charge_efficiency": None,
+            "discharge_efficiency": None,
+        }
+        for b in site.batteries
+    ]
+    frames = [
+        {
+            "node": site.nodes[f.node].id,
+            "start_s_of_day": f.start_s_of_day,
+            "end_s_of_day": f.end_s_of_day,
+            "limit_w": round(max(f.limit_w - margin_w, 0.0), 1),
+        }
+        for f in site.capacity_frames
+    ]
+    dso = site.config.dso
+    return {
+        "timezone": str(site.timezone),
+        "voltage_v": site.voltage_v,
+        "dso_node": dso.node if dso is not None else None,
+        "nodes": nodes,
+        "connectors": connectors,
+        "batteries": batteries,
+        "capacity_frames": frames,
+    }
+
+
+def structure_hash(site_id: str, structure: Mapping[str, Any]) -> str:
+    """A stable name of one site's structure: the optimiser keeps one problem per hash.
+
+    The site id is part of it, so two sites of the same shape keep separate problems (and warm starts).
+    """
+    canonical = json.dumps([site_id, structure], sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def snapshot_message(
+    topics: Topics,
+    *,
+    snapshot_id: str,
+    ts: float,
+    reason: str,
+    structure: Mapping[str, Any],
+    structure_id: str,
+    sessions: Mapping[str, SnapshotSession | None],
+    battery_soc_pct: Mapping[str, float | None],
+    uncontrolled_w: Mapping[str, float | None],
+    peak_import_w: float | None,
+    dso_pct: float,
+    remote_limits: RemoteLimits | None,
+    prices: PriceCurve | None,
+) -> dict[str, Any]:
+    """The site as the optimiser needs it: structure (with its hash) and the state to plan from now."""
+
+    def session(s: SnapshotSession | None) -> dict[str, Any] | None:
+        if s is None:
+            return None
+        return {
+            "started": iso(s.started_ts),
+            "energy_wh": round(_num(s.energy_wh, 0, 1e7) or 0.0, 1),
+            "energy_target_wh": None if s.energy_target_wh is None else _num(s.energy_target_wh, 0, 1e7),
+            "departure": None if s.departure_ts is None or not math.isfinite(s.departure_ts) else iso(s.departure_ts),
+            "min_energy_wh": _num(s.min_energy_wh, 0, 1e7) or 0.0,
+            "priority": min(9, max(0, s.priority)),
+            "max_power_w": None if s.max_power_w is None else _num(s.max_power_w, 0, 1e8),
+        }
+
+    limits = remote_limits or RemoteLimits()
+    state: dict[str, Any] = {
+        "connectors": {c: session(s) for c, s in sessions.items()},
+        "batteries": {b: {"soc_pct": None if v is None else _num(v, 0, 100)} for b, v in battery_soc_pct.items()},
+        "nodes": {n: {"uncontrolled_w": None if v is None else _num(v, 0, 1e8)} for n, v in uncontrolled_w.items()},
+        "peak_import_w": None if peak_import_w is None else _num(peak_import_w, 0, 1e8),
+        "dso_pct": _num(dso_pct, 0, 100) or 0.0,
+        "remote_limits": {
+            "dso": [
+                {
+                    "node": d.node,
+                    "limit_pct": d.limit_pct,
+                    "valid_from": None if d.valid_from_ts is None else iso(d.valid_from_ts),
+                    "valid_to": iso(d.valid_to_ts),
+                }
+                for d in limits.dso
+            ],
+            "capacity": [
+                {"node": b.node, "start": iso(b.start_ts), "end": iso(b.end_ts), "limit_w": b.limit_w}
+                for b in limits.capacity
+            ],
+        },
+        "prices": None,
+    }
+    if prices is not None and prices.starts_ts:
+        values = list(prices.prices_eur_mwh)[:MAX_SNAPSHOT_PRICES]
+        state["prices"] = {
+            "start": iso(prices.starts_ts[0]),
+            "step_s": round(prices.step_s),
+            "prices_eur_mwh": [_num(v, -1e4, 1e4) or 0.0 for v in values],
+        }
+    return {
+        "schema": f"{PREFIX}/snapshot",
+        "id": snapshot_id,
+        "site": topics.site,
+        "controller": topics.controller,
+        "created": iso(ts),
+        "reason": reason,
+        "structure_hash": structure_id,
+        "structure": dict(structure),
+        "state": state,
+    }
+
+
+MAX_SNAPSHOT_PRICES = 672
+"""At most a week of quarter-hour prices, as ``cmd/prices`` carries."""
