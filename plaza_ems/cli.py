@@ -223,6 +223,8 @@ def _reset_latch(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from plaza_ems import demo as demo_command
+
     parser = argparse.ArgumentParser(prog="plaza-ems", description="EV charging plaza energy-management controller")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -289,6 +291,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     optimizer.set_defaults(func=_optimizer_command("mpc.service", "plaza-ems optimizer"), passthrough=True)
 
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="replay real ACN sessions: uncontrolled, fallback, MPC and the offline optimum; --help for its options",
+        add_help=False,
+    )
+    evaluate.set_defaults(func=_optimizer_command("mpc.evaluate", "plaza-ems evaluate"), passthrough=True)
+
+    demo = sub.add_parser(
+        "demo",
+        help="broker, optimisers, the simulated plaza over Modbus TCP and the controller on 127.0.0.1 "
+        "(further options go to 'plaza-ems run', e.g. --duration)",
+    )
+    demo_command.add_arguments(demo)
+    demo.set_defaults(func=demo_command.main, passthrough=True)
+
     run = sub.add_parser(
         "run", help="run the controller in real time: field devices (--config) or an in-process plaza (--scenario)"
     )
@@ -334,6 +351,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("ocpp").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     # asyncua logs every request at INFO; the maintenance server logs log-ins and method calls itself.
     logging.getLogger("asyncua").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    # gmqtt logs a lost connection with a traceback (also on a clean stop); the cloud link and the
+    # optimiser log every loss once, with its reason.
+    logging.getLogger("gmqtt").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
     try:
         code: int = args.func(args)
     except (ConfigError, ScenarioError) as err:

@@ -23,9 +23,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from controller.scan import CycleStats
 from drivers.opcua.config import hash_password, opcua_config
 from drivers.opcua.values import ControllerInfo
+from hil.broker import free_port
 from plaza_ems.maintenance import Maintenance
 from tests.cycles import Plaza
-from tests.mqtt_broker import free_port
 
 PASSWORDS = {"olga": "operator-pw", "victor": "viewer-pw"}
 TEST_ITERATIONS = 10_000

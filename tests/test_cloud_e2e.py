@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 import yaml
 
+from hil.broker import MOSQUITTO, SKIP_REASON, Broker
 from plaza_ems.hilrun import HilPlaza
 from tests.hil_harness import start_controller, stop_process
-from tests.mqtt_broker import MOSQUITTO, SKIP_REASON, Broker
 from tests.test_mqtt_link import Cloud
 
 ROOT = Path(__file__).resolve().parent.parent

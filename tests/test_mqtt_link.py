@@ -21,8 +21,8 @@ import pytest
 from drivers.mqtt.config import MqttConfig, MqttTlsConfig, OutboxConfig
 from drivers.mqtt.link import CloudLink
 from drivers.mqtt.messages import Plan, SiteIds, session_event, validator
-from tests.mqtt_broker import MOSQUITTO, SKIP_REASON, USERS, Broker
-from tests.tlsutil import client_context
+from hil.broker import MOSQUITTO, SKIP_REASON, USERS, Broker
+from hil.pki import client_context
 
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason=SKIP_REASON)
 

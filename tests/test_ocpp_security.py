@@ -25,9 +25,9 @@ from websockets.exceptions import InvalidStatus
 from controller.config import ConfigError, SiteConfig, parse_config
 from drivers.ocpp201.csms import Csms
 from drivers.ocpp201.stations import compile_stations
+from hil.pki import OPENSSL, KeyPair, Pki, client_context, make_pki
 from plaza_ems.cli import main
 from tests.ocpp_helpers import Station, auth, output
-from tests.tlsutil import OPENSSL, KeyPair, Pki, client_context, make_pki
 
 pytestmark = pytest.mark.skipif(OPENSSL is None, reason="the openssl command line makes the test certificates")
 

@@ -16,10 +16,10 @@ import yaml
 from asyncua import ua
 from asyncua.ua.uaerrors import UaStatusCodeError
 
+from hil.broker import free_port
 from hil.scenario import load_scenario
 from plaza_ems.hilrun import HilPlaza
 from tests.hil_harness import start_controller, stop_process, tick_for
-from tests.mqtt_broker import free_port
 from tests.opcua_helpers import client_certificate, connected, users
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -26,10 +26,10 @@ import gmqtt
 import pytest
 import yaml
 
+from hil.broker import MOSQUITTO, SKIP_REASON, USERS, Broker
+from hil.pki import client_context
 from tests.hil_harness import stop_process
-from tests.mqtt_broker import MOSQUITTO, SKIP_REASON, USERS, Broker
 from tests.test_mqtt_link import synchronous
-from tests.tlsutil import client_context
 
 ROOT = Path(__file__).resolve().parent.parent
 SITES = ("plaza-a", "plaza-b")

@@ -14,11 +14,11 @@ import gmqtt
 import pytest
 
 from drivers.mqtt.config import MqttTlsConfig
+from hil.broker import MOSQUITTO, SKIP_REASON, USERS, Broker
+from hil.pki import client_context
 from mpc.service import BrokerConfig, OptimizerConfig, OptimizerService
-from tests.mqtt_broker import MOSQUITTO, SKIP_REASON, USERS, Broker
 from tests.test_mqtt_link import synchronous, until
 from tests.test_optimizer import site_of, snapshot_of
-from tests.tlsutil import client_context
 
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason=SKIP_REASON)
 

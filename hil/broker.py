@@ -1,8 +1,8 @@
-"""A real mosquitto broker for the cloud-link tests: TLS on 127.0.0.1, passwords, persistence, restartable.
+"""A real mosquitto broker for the demo and the cloud-link tests: TLS on 127.0.0.1, passwords, ACL, persistence.
 
-``Broker.start(directory)`` makes a throwaway CA and server certificate (``tests.tlsutil``), a password
-file (``mosquitto_passwd -b``) with the user ``site`` / ``secret``, the user ``cloud`` / ``cloudpw`` and the
-optimiser's ``optimizer`` / ``optpw``,
+``Broker.start(directory)`` makes a throwaway CA and server certificate (``hil.pki``), a password
+file (``mosquitto_passwd -b``) with the test users (``USERS``: ``site`` / ``secret``, ``cloud`` / ``cloudpw``,
+the optimiser's ``optimizer`` / ``optpw``, or the ones given), the ACL (``ACL``, or the one given)
 and a mosquitto.conf with one TLS listener on a free port of 127.0.0.1, ``allow_anonymous false`` and
 persistence in the directory; it starts ``mosquitto -c`` and waits until the port accepts. ``stop``,
 ``kill`` and ``restart`` act on that PID only. ``MOSQUITTO`` is None when the broker is not installed.
@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.tlsutil import Pki, make_pki
+from hil.pki import Pki, make_pki
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None)
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
@@ -72,19 +72,20 @@ class Broker:
         self.log = self.directory / "mosquitto.log"
 
     @classmethod
-    def start(cls, directory: Path) -> Broker:
+    def start(cls, directory: Path, users: dict[str, str] | None = None, acl: str = ACL, pki_days: int = 2) -> Broker:
+        """Make the PKI, password file, ACL and config in ``directory`` and start mosquitto on a free port."""
         assert MOSQUITTO is not None, SKIP_REASON
         assert MOSQUITTO_PASSWD is not None, SKIP_REASON
         directory.mkdir(parents=True, exist_ok=True)
-        pki = make_pki(directory / "pki")
+        pki = make_pki(directory / "pki", pki_days)
         passwd = directory / "passwd"
-        for user, password in USERS.items():
+        for user, password in (USERS if users is None else users).items():
             create = ["-c"] if not passwd.exists() else []
             subprocess.run(
                 [MOSQUITTO_PASSWD, *create, "-b", str(passwd), user, password], check=True, capture_output=True
             )
-        acl = directory / "acl"
-        acl.write_text(ACL, encoding="ascii")
+        acl_file = directory / "acl"
+        acl_file.write_text(acl, encoding="ascii")
         persistence = directory / "persistence"
         persistence.mkdir(exist_ok=True)
         port = free_port()
@@ -96,7 +97,7 @@ class Broker:
             "tls_version tlsv1.2",
             "allow_anonymous false",
             f"password_file {passwd}",
-            f"acl_file {acl}",
+            f"acl_file {acl_file}",
             "persistence true",
             f"persistence_location {persistence}/",
             "autosave_interval 1",

@@ -1,8 +1,9 @@
-"""Throwaway PKI for TLS tests, made with the ``openssl`` command line (no Python dependency).
+"""Throwaway PKI for the TLS tests and the demo, made with the ``openssl`` command line (no Python dependency).
 
 ``make_pki(directory)`` writes a test CA, a server certificate for 127.0.0.1 (subjectAltName IP:127.0.0.1,
 extendedKeyUsage serverAuth), client certificates CN=AC1 and CN=DC1 signed by that CA, and a client
-certificate CN=AC1 signed by a second, unrelated CA. EC P-256 keys, valid for two days.
+certificate CN=AC1 signed by a second, unrelated CA. EC P-256 keys, valid for two days
+(``days``: longer for the demo).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def _key(path: Path) -> Path:
     return path
 
 
-def _ca(directory: Path, name: str, common_name: str) -> KeyPair:
+def _ca(directory: Path, name: str, common_name: str, days: int) -> KeyPair:
     key = _key(directory / f"{name}.key")
     cert = directory / f"{name}.pem"
     ext = directory / f"{name}.ext"
@@ -68,13 +69,13 @@ def _ca(directory: Path, name: str, common_name: str) -> KeyPair:
     csr = directory / f"{name}.csr"
     _openssl("req", "-new", "-key", key, "-subj", f"/CN={common_name}", "-out", csr)
     _openssl(
-        "x509", "-req", "-in", csr, "-signkey", key, "-days", "2", "-sha256",
+        "x509", "-req", "-in", csr, "-signkey", key, "-days", str(days), "-sha256",
         "-set_serial", f"0x{secrets.token_hex(8)}", "-extfile", ext, "-out", cert,
     )  # fmt: skip
     return KeyPair(cert, key)
 
 
-def _issue(directory: Path, name: str, common_name: str, ca: KeyPair, extensions: str) -> KeyPair:
+def _issue(directory: Path, name: str, common_name: str, ca: KeyPair, extensions: str, days: int) -> KeyPair:
     key = _key(directory / f"{name}.key")
     cert = directory / f"{name}.pem"
     ext = directory / f"{name}.ext"
@@ -82,21 +83,21 @@ def _issue(directory: Path, name: str, common_name: str, ca: KeyPair, extensions
     csr = directory / f"{name}.csr"
     _openssl("req", "-new", "-key", key, "-subj", f"/CN={common_name}", "-out", csr)
     _openssl(
-        "x509", "-req", "-in", csr, "-CA", ca.cert, "-CAkey", ca.key, "-days", "2", "-sha256",
+        "x509", "-req", "-in", csr, "-CA", ca.cert, "-CAkey", ca.key, "-days", str(days), "-sha256",
         "-set_serial", f"0x{secrets.token_hex(8)}", "-extfile", ext, "-out", cert,
     )  # fmt: skip
     return KeyPair(cert, key)
 
 
-def make_pki(directory: Path) -> Pki:
+def make_pki(directory: Path, days: int = 2) -> Pki:
     directory.mkdir(parents=True, exist_ok=True)
-    ca = _ca(directory, "ca", "plaza-ems test CA")
-    foreign = _ca(directory, "foreign-ca", "some other CA")
-    server = _issue(directory, "server", "127.0.0.1", ca, SERVER_EXT)
+    ca = _ca(directory, "ca", "plaza-ems test CA", days)
+    foreign = _ca(directory, "foreign-ca", "some other CA", days)
+    server = _issue(directory, "server", "127.0.0.1", ca, SERVER_EXT, days)
     clients = {
-        "AC1": _issue(directory, "ac1", "AC1", ca, CLIENT_EXT),
-        "DC1": _issue(directory, "dc1", "DC1", ca, CLIENT_EXT),
-        "AC1-foreign": _issue(directory, "ac1-foreign", "AC1", foreign, CLIENT_EXT),
+        "AC1": _issue(directory, "ac1", "AC1", ca, CLIENT_EXT, days),
+        "DC1": _issue(directory, "dc1", "DC1", ca, CLIENT_EXT, days),
+        "AC1-foreign": _issue(directory, "ac1-foreign", "AC1", foreign, CLIENT_EXT, days),
     }
     return Pki(ca, server, clients, foreign)
 
