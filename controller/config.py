@@ -131,6 +131,7 @@ class UserProfileConfig(_Model):
     priority: Annotated[int, Field(ge=0, le=9)] = 1
     default_departure: time | None = None
     default_energy_kwh: NonNegative | None = None
+    guaranteed_energy_kwh: NonNegative | None = None
     flexible: bool = False
 
 

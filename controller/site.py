@@ -86,6 +86,8 @@ class UserProfile:
     priority: int
     default_departure_s_of_day: float | None
     default_energy_wh: float | None
+    guaranteed_energy_wh: float
+    """Energy the user is guaranteed by departure (SPEC R8); 0 = no guarantee."""
     flexible: bool
 
 
@@ -262,6 +264,7 @@ def compile_site(config: SiteConfig) -> Site:
                 else None
             ),
             default_energy_wh=u.default_energy_kwh * 1000.0 if u.default_energy_kwh is not None else None,
+            guaranteed_energy_wh=(u.guaranteed_energy_kwh or 0.0) * 1000.0,
             flexible=u.flexible,
         )
         for u in config.priorities.users

@@ -36,9 +36,7 @@ def bench_site_config(connectors: int, levels: int, seed: int = 7) -> dict[str, 
             if counter["conn"] >= connectors:
                 break
             counter["conn"] += 1
-            conns.append(
-                {"id": f"c{counter['conn']}", "phases": rng.choice(ROTATIONS), "max_current_a": 32.0}
-            )
+            conns.append({"id": f"c{counter['conn']}", "phases": rng.choice(ROTATIONS), "max_current_a": 32.0})
         return {"id": f"cp{counter['cp']}", "limit_a": cp_limit, "connectors": conns}
 
     def board(depth: int) -> dict[str, Any]:

@@ -35,7 +35,7 @@ import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,9 @@ PRICES_FILE = "cloud-prices.json"
 SESSION_UPDATE_S = 300.0
 """A running session's energy and targets go to ``sessions`` this often (between its start and stop)."""
 COMMANDS_FILE = "cloud-commands.json"
+PEAK_FILE = "billing-peak.json"
+PEAK_WINDOW_S = 900.0
+"""The capacity tariff's measuring period: the highest 15-min average import of the month (as Dutch DSOs bill it)."""
 
 
 class CloudBridge:
@@ -120,10 +123,7 @@ class CloudBridge:
         """Why the next snapshot is brought forward (None: it waits for its interval)."""
         self._was_connected = False
         self.snapshots_sent = 0
-        # The highest import at the connection this billing period (calendar month, site time), for
-        # the optimiser's peak tariff. In memory: after a restart it counts again from what it sees.
-        self._peak_import_w: float | None = None
-        self._peak_month: tuple[int, int] | None = None
+        self.peak = BillingPeak(state_dir / PEAK_FILE, site.timezone)
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.link.run(stop)
@@ -347,12 +347,8 @@ class CloudBridge:
     def _track_peak(self, image: ProcessImage, now: float) -> None:
         root = self.site.nodes[0]
         reading = image.meters.get(root.meter) if root.meter is not None else None
-        local = datetime.fromtimestamp(now, self.site.timezone)
-        month = (local.year, local.month)
-        if month != self._peak_month:
-            self._peak_month, self._peak_import_w = month, None
-        if reading is not None and reading.quality == Quality.GOOD and math.isfinite(reading.power_w):
-            self._peak_import_w = max(self._peak_import_w or 0.0, reading.power_w)
+        good = reading is not None and reading.quality == Quality.GOOD and math.isfinite(reading.power_w)
+        self.peak.add(reading.power_w if reading is not None and good else None, now)
 
     def _maybe_snapshot(self, image: ProcessImage, output: CycleOutput) -> None:
         now = output.t
@@ -392,6 +388,7 @@ class CloudBridge:
                 energy_wh=reading.energy_wh if reading is not None else self._energy_wh[index],
                 energy_target_wh=energy if energy is not None else session.energy_wh,
                 departure_ts=departure if departure is not None else session.departure_ts,
+                min_energy_wh=self._guaranteed_wh(session.id_token),
                 priority=self._priority(image, connector.id, connector.location_priority, session.id_token),
             )
         socs = {
@@ -415,7 +412,7 @@ class CloudBridge:
             sessions=sessions,
             battery_soc_pct=socs,
             uncontrolled_w=loads,
-            peak_import_w=self._peak_import_w,
+            peak_import_w=self.peak.peak_w,
             dso_pct=output.dso_pct,
             remote_limits=image.remote_limits,
             prices=self.prices,
@@ -494,6 +491,11 @@ class CloudBridge:
                 energy_target_wh=session.energy_wh,
             ),
         )
+
+    def _guaranteed_wh(self, id_token: str | None) -> float:
+        """The badge's guaranteed energy (SPEC R8), which the optimiser serves before other requests."""
+        profile = self.site.users.get(id_token) if id_token else None
+        return profile.guaranteed_energy_wh if profile is not None else 0.0
 
     def report(self) -> dict[str, Any]:
         stats = self.link.stats
@@ -585,6 +587,57 @@ def load_plan(path: Path, site_id: str) -> Plan | None:
         return None
     log.info("plan %s kept from before the restart (valid until %s)", plan.id, plan.valid_to_ts)
     return plan
+
+
+class BillingPeak:
+    """The highest 15-min average import at the connection this billing period (calendar month, site time).
+
+    The optimiser's peak tariff only charges import above it. Averaged over each quarter hour as the
+    capacity tariff is billed — one cycle's spike is not a peak — over the time the meter was good in
+    it. Kept in the state directory whenever it rises, so a restart does not forget the month's peak;
+    the quarter hour in progress at a restart is lost.
+    """
+
+    def __init__(self, path: Path, timezone: tzinfo) -> None:
+        self._path = path
+        self._timezone = timezone
+        self.month: str | None = None
+        self.peak_w: float | None = None
+        self._window: float | None = None
+        self._energy_ws = 0.0
+        self._covered_s = 0.0
+        self._last_ts: float | None = None
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+            self.month, self.peak_w = str(document["month"]), _opt_float(document["peak_w"])
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            log.error("kept billing peak %s not used: %s", path, err)
+
+    def add(self, power_w: float | None, now: float) -> None:
+        """One cycle's import at the connection (None: no good reading, the time does not count)."""
+        window = now - now % PEAK_WINDOW_S
+        if window != self._window:
+            self._close_window()
+            self._window, self._energy_ws, self._covered_s = window, 0.0, 0.0
+        month = datetime.fromtimestamp(now, self._timezone).strftime("%Y-%m")
+        if month != self.month:
+            self.month, self.peak_w = month, None
+        dt_s = 0.0 if self._last_ts is None else min(max(0.0, now - self._last_ts), PEAK_WINDOW_S)
+        self._last_ts = now
+        if power_w is not None:
+            self._energy_ws += power_w * dt_s
+            self._covered_s += dt_s
+
+    def _close_window(self) -> None:
+        # A quarter hour the meter covered for less than a third says too little to be billed on.
+        if self._window is None or self._covered_s < PEAK_WINDOW_S / 3.0:
+            return
+        average_w = self._energy_ws / self._covered_s
+        if self.peak_w is None or average_w > self.peak_w:
+            self.peak_w = average_w
+            write_json_atomically(self._path, {"month": self.month, "peak_w": average_w}, "the billing peak")
 
 
 def cloud_config(raw: Any, source: str) -> MqttConfig:

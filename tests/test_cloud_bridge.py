@@ -200,3 +200,43 @@ def test_a_running_session_is_reported_every_five_minutes_between_its_start_and_
     assert [e["event"] for e in events] == ["start", "update", "update", "stop"]
     assert len({e["event_id"] for e in events}) == 4
     assert {e["session_id"] for e in events} == {f"s1-c1-{int(T * 1000)}"}
+
+
+def test_a_badges_guaranteed_energy_goes_to_the_optimiser_as_the_sessions_minimum(tmp_path: Path) -> None:
+    text = SITE_TEXT + "priorities:\n  users:\n    - {id_token: FLEET-7, guaranteed_energy_kwh: 12}\n"
+    config = parse_config(text).config
+    site = compile_site(config)
+    b = CloudBridge(MqttConfig(host="127.0.0.1", port=1), config, site, ControlProgram(site), tmp_path)
+    b.program.state.connectors[0].session = Session(T, "FLEET-7", T + 7200, 30_000.0)
+    b.program.state.connectors[1].session = Session(T, "VISITOR", T + 7200, 30_000.0)
+    image = _image(InputSnapshot())
+    message = b._snapshot(image, b.program.step(image), "interval")
+    state: dict[str, dict[str, dict[str, float]]] = message["state"]  # type: ignore[assignment]
+    assert state["connectors"]["c1"]["min_energy_wh"] == 12_000.0
+    assert state["connectors"]["c2"]["min_energy_wh"] == 0.0
+
+
+def test_the_billing_peak_is_the_highest_quarter_hour_average_and_survives_a_restart(tmp_path: Path) -> None:
+    from zoneinfo import ZoneInfo
+
+    from plaza_ems.cloud import PEAK_FILE, BillingPeak
+
+    amsterdam = ZoneInfo("Europe/Amsterdam")
+    start = 1_701_385_200.0  # 2023-12-01 00:00 in Amsterdam: a quarter hour and a month begin
+    peak = BillingPeak(tmp_path / PEAK_FILE, amsterdam)
+    for k in range(900):  # a quarter hour at 20 kW with one cycle's 90 kW spike
+        peak.add(90_000.0 if k == 450 else 20_000.0, start + k)
+    peak.add(10_000.0, start + 900)  # closes the first quarter hour
+    assert peak.peak_w is not None
+    assert abs(peak.peak_w - 20_078.0) < 1.0
+    for k in range(1, 900):  # the next one at 30 kW, but the meter is stale for its last 12 minutes
+        peak.add(30_000.0 if k < 180 else None, start + 900 + k)
+    peak.add(10_000.0, start + 1800)
+    assert peak.peak_w is not None
+    assert abs(peak.peak_w - 20_078.0) < 1.0
+    again = BillingPeak(tmp_path / PEAK_FILE, amsterdam)
+    assert again.month == "2023-12"
+    assert again.peak_w == peak.peak_w
+    again.add(5_000.0, 1_704_063_600.0)  # 2024-01-01 00:00 in Amsterdam: a new billing period
+    assert again.month == "2024-01"
+    assert again.peak_w is None
