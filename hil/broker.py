@@ -25,7 +25,7 @@ MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.access("/u
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
 SKIP_REASON = "mosquitto is not installed (scripts/setup.sh installs it when run as root)"
 USERS = {"site": "secret", "cloud": "cloudpw", "intruder": "letmein", "optimizer": "optpw"}
-ACL = """\
+DEPLOYMENT_ACL = """\
 # The site publishes what it reports and reads its plans and commands; only the cloud may send those.
 user site
 topic read plaza/v1/+/+/plan
@@ -43,7 +43,11 @@ user optimizer
 topic read plaza/v1/+/+/snapshot
 topic readwrite plaza/v1/+/+/plan
 topic write plaza/v1/+/+/snapshot/ack
-
+"""
+"""The rules of docs/mqtt.md and docs/optimizer.md for the site and the optimiser users."""
+ACL = (
+    DEPLOYMENT_ACL
+    + """
 user cloud
 topic readwrite plaza/v1/#
 
@@ -51,6 +55,8 @@ topic readwrite plaza/v1/#
 user intruder
 topic read plaza/v1/#
 """
+)
+"""The tests' ACL: the deployment's, a cloud user that may send plans and commands, and a watcher."""
 
 
 def free_port() -> int:

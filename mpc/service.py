@@ -44,7 +44,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from controller.config import Id
-from drivers.mqtt.config import MqttTlsConfig, PositiveS
+from drivers.mqtt.config import BrokerLogin, PositiveS
+from drivers.mqtt.link import NoReconnectClient, failure_reason
 from drivers.mqtt.messages import PREFIX, encode, iso, loads_strict
 from mpc.forecast import SeriesLike
 from mpc.model import MpcError
@@ -72,38 +73,16 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class BrokerConfig(_Model):
-    host: Annotated[str, Field(min_length=1)]
-    port: Annotated[int, Field(ge=1, le=65535)] = 8883
-    tls: MqttTlsConfig | None = None
-    """None: plain TCP (a lab only)."""
-    username: str | None = None
-    password: str | None = None
-    password_file: str | None = None
+class BrokerConfig(BrokerLogin):
     client_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
     """Default ``plaza-optimizer-{host}-{pid}``: unique per process, as a shared subscription needs."""
-    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
-    connect_timeout_s: PositiveS = 10.0
-    backoff_first_s: PositiveS = 1.0
     backoff_cap_s: PositiveS = 60.0
 
     @model_validator(mode="after")
-    def _credentials(self) -> Self:
-        if self.password is not None and self.password_file is not None:
-            raise ValueError("give password or password_file, not both")
-        if (self.password is not None or self.password_file is not None) and self.username is None:
-            raise ValueError("a password needs a username")
-        if self.backoff_cap_s < self.backoff_first_s:
-            raise ValueError("backoff_cap_s must be at least backoff_first_s")
+    def _password_file_exists(self) -> Self:
         if self.password_file is not None and not Path(self.password_file).is_file():
             raise ValueError(f"password_file {self.password_file!r} does not exist")
         return self
-
-    def password_value(self) -> str | None:
-        if self.password_file is not None:
-            text = Path(self.password_file).read_text(encoding="utf-8")
-            return text.splitlines()[0] if text else ""
-        return self.password
 
 
 class OptimizerConfig(_Model):
@@ -308,11 +287,6 @@ class ServiceStats:
         return statistics.median(self.solve_s) if self.solve_s else None
 
 
-class _Client(gmqtt.Client):  # type: ignore[misc]  # gmqtt ships no type information
-    async def reconnect(self, delay: bool = False) -> None:
-        """gmqtt calls this after a lost connection; the service reconnects itself (back-off with jitter)."""
-
-
 class _LostError(Exception):
     """The connection went away (its reason is in the message)."""
 
@@ -343,7 +317,7 @@ class OptimizerService:
         # One solver thread: problems are not thread-safe, and one solve at a time per process is the
         # unit the fleet scales by (more processes in the share group).
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="solver")
-        self._client: _Client | None = None
+        self._client: NoReconnectClient | None = None
         self._work = asyncio.Event()
         self._lost = asyncio.Event()
         self._lost_reason = ""
@@ -352,9 +326,7 @@ class OptimizerService:
     # -- connection --------------------------------------------------------------------------------
 
     def backoff_s(self, failures: int) -> float:
-        broker = self.config.broker
-        ceiling = min(broker.backoff_cap_s, broker.backoff_first_s * 2.0 ** max(0, failures - 1))
-        return ceiling * self.rng.uniform(0.5, 1.0)
+        return self.config.broker.backoff_s(failures, self.rng)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop``; never raises (cancellation aside)."""
@@ -371,7 +343,7 @@ class OptimizerService:
                 except Exception as err:  # every failure is retried
                     failures += 1
                     self.stats.connect_failures += 1
-                    self._failed(_reason(err))
+                    self._failed(failure_reason(err))
                 if stop.is_set():
                     break
                 with contextlib.suppress(TimeoutError):
@@ -396,7 +368,7 @@ class OptimizerService:
         broker = self.config.broker
         # Clean session: a process that dies leaves the share group at once instead of having the
         # broker queue half the snapshots for it.
-        client = _Client(
+        client = NoReconnectClient(
             self.client_id,
             clean_session=True,
             optimistic_acknowledgement=False,
@@ -447,13 +419,15 @@ class OptimizerService:
                 async with asyncio.timeout(2.0):
                     await client.disconnect()
 
-    def _on_disconnect(self, client: _Client, packet: object, exc: BaseException | None = None) -> None:
-        self._lost_reason = _reason(exc) if exc is not None else "broker closed the connection"
+    def _on_disconnect(self, client: NoReconnectClient, packet: object, exc: BaseException | None = None) -> None:
+        self._lost_reason = failure_reason(exc) if exc is not None else "broker closed the connection"
         self._lost.set()
 
     # -- inbound -----------------------------------------------------------------------------------
 
-    async def _on_message(self, client: _Client, topic: str, payload: bytes, qos: int, properties: object) -> int:
+    async def _on_message(
+        self, client: NoReconnectClient, topic: str, payload: bytes, qos: int, properties: object
+    ) -> int:
         """Every inbound PUBLISH; returns the PUBACK reason code, 0 (success) whatever the snapshot was.
 
         A coroutine: gmqtt sends the PUBACK (without optimistic acknowledgement) only when one ends.
@@ -610,16 +584,6 @@ class OptimizerService:
                 await asyncio.wait_for(stop.wait(), timeout=self.config.stats_interval_s)
             if not stop.is_set():
                 self.log_stats()
-
-
-def _reason(err: BaseException) -> str:
-    if isinstance(err, TimeoutError):
-        return "timed out"
-    if isinstance(err, ssl.SSLError):
-        return f"TLS: {err.reason or err}"
-    if isinstance(err, gmqtt.MQTTConnectError):
-        return f"CONNACK refused: {err}"
-    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
 
 
 # -- the command -------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Any
 import jsonschema
 import numpy as np
 
-from drivers.mqtt.messages import PREFIX, VERSION, iso, loads_strict, structure_hash, validator
+from drivers.mqtt.messages import PREFIX, VERSION, iso, json_object, message_id, structure_hash, validator
 from mpc.forecast import SeriesLike, price_curve
 from mpc.model import (
     DEFAULT_EFFICIENCY,
@@ -115,16 +115,10 @@ def parse_snapshot(topic: str, payload: bytes, *, max_payload_bytes: int) -> Sna
 
     if len(payload) > max_payload_bytes:
         return refuse(f"payload too large: {len(payload)} bytes > {max_payload_bytes}")
-    try:
-        data = loads_strict(payload)
-    except (UnicodeDecodeError, ValueError) as err:
-        return refuse(f"malformed JSON: {err}")
-    except RecursionError:
-        return refuse("malformed JSON: nested too deeply")
-    if not isinstance(data, dict):
-        return refuse(f"malformed message: a JSON object expected, got {type(data).__name__}")
-    raw_id = data.get("id")
-    snapshot_id = raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= 128 else None
+    data = json_object(payload)
+    if isinstance(data, str):
+        return refuse(data)
+    snapshot_id = message_id(data)
     schema = data.get("schema")
     expected = f"{PREFIX}/{SNAPSHOT_KIND}"
     if schema != expected:

@@ -26,28 +26,10 @@ from typing import Any
 
 import yaml
 
-from hil.broker import MOSQUITTO, MOSQUITTO_PASSWD, SKIP_REASON, Broker
+from hil.broker import DEPLOYMENT_ACL, MOSQUITTO, MOSQUITTO_PASSWD, SKIP_REASON, Broker
 
-SITE_ACL = """\
-user site
-topic read plaza/v1/+/+/plan
-topic read plaza/v1/+/+/cmd/#
-topic write plaza/v1/+/+/state
-topic write plaza/v1/+/+/telemetry
-topic write plaza/v1/+/+/sessions
-topic write plaza/v1/+/+/alarms
-topic write plaza/v1/+/+/ack
-topic write plaza/v1/+/+/snapshot
-
-user optimizer
-topic read plaza/v1/+/+/snapshot
-topic readwrite plaza/v1/+/+/plan
-topic write plaza/v1/+/+/snapshot/ack
-
-user viewer
-topic read plaza/v1/#
-"""
-"""The deployment ACL of docs/mqtt.md and docs/optimizer.md; ``viewer`` may watch everything."""
+DEMO_ACL = DEPLOYMENT_ACL + "\nuser viewer\ntopic read plaza/v1/#\n"
+"""The deployment's ACL, and a ``viewer`` who may watch everything."""
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 
@@ -146,7 +128,7 @@ def main(args: argparse.Namespace) -> int:
     # SIGTERM (from a service manager or `kill`) ends the controller like Ctrl-C; the finally blocks
     # below then stop the rest.
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    broker = Broker.start(work / "broker", users=passwords, acl=SITE_ACL, pki_days=30)
+    broker = Broker.start(work / "broker", users=passwords, acl=DEMO_ACL, pki_days=30)
     try:
         site = write_site(Path(args.site), work, broker, work / "site.pass", args.snapshot_interval_s)
         optimizer_config = write_optimizer_config(work, broker, work / "optimizer.pass")

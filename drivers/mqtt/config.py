@@ -7,6 +7,7 @@ controller id names this controller among the site's controllers. Reference: ``d
 
 from __future__ import annotations
 
+import random
 import ssl
 from pathlib import Path
 from typing import Annotated, Self
@@ -52,7 +53,9 @@ class OutboxConfig(_Model):
     """While offline, one telemetry message in this many seconds is kept for replay."""
 
 
-class MqttConfig(_Model):
+class BrokerLogin(_Model):
+    """Where a broker is, how to log in and how hard to retry: shared by the site's link and the optimiser."""
+
     host: Annotated[str, Field(min_length=1)]
     port: Annotated[int, Field(ge=1, le=65535)] = 8883
     tls: MqttTlsConfig | None = None
@@ -60,26 +63,12 @@ class MqttConfig(_Model):
     username: str | None = None
     password: str | None = None
     password_file: str | None = None
-    """A file holding the password (first line); preferred over ``password`` in the site file."""
-    controller: Id = "main"
+    """A file holding the password (first line); preferred over ``password`` in a config file."""
     client_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
-    """Default ``plaza-{site}-{controller}``; must be stable across restarts for the persistent session."""
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
-    session_expiry_s: Annotated[int, Field(ge=0, le=0xFFFFFFFF)] = 7 * 86_400
     connect_timeout_s: PositiveS = 10.0
     backoff_first_s: PositiveS = 1.0
     backoff_cap_s: PositiveS = 300.0
-    telemetry_interval_s: PositiveS = 10.0
-    snapshot_interval_s: PositiveS = 300.0
-    """How often the controller publishes a site snapshot for the optimiser."""
-    snapshot_debounce_s: PositiveS = 30.0
-    """A session start/stop or a departure/priority command brings the next snapshot forward, but no
-    sooner than this after the last one (a burst of arrivals makes one snapshot, not ten)."""
-    plan_stale_after_s: PositiveS = 60.0
-    """With the link down this long, the plan in force is dropped and the local fallback schedule decides."""
-    max_payload_bytes: Annotated[int, Field(ge=1024, le=16 * 2**20)] = 256 * 1024
-    inbound_queue_size: Annotated[int, Field(ge=1, le=10_000)] = 64
-    outbox: OutboxConfig = OutboxConfig()
 
     @model_validator(mode="after")
     def _credentials(self) -> Self:
@@ -97,6 +86,32 @@ class MqttConfig(_Model):
             text = Path(self.password_file).read_text(encoding="utf-8")
             return text.splitlines()[0] if text else ""
         return self.password
+
+    def backoff_s(self, failures: int, rng: random.Random) -> float:
+        """Delay before attempt ``failures`` + 1: doubling from ``backoff_first_s`` to the cap, 50-100 % of it.
+
+        The jitter keeps a fleet that lost its broker from reconnecting in step.
+        """
+        ceiling = min(self.backoff_cap_s, self.backoff_first_s * 2.0 ** max(0, failures - 1))
+        return ceiling * rng.uniform(0.5, 1.0)
+
+
+class MqttConfig(BrokerLogin):
+    controller: Id = "main"
+    client_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    """Default ``plaza-{site}-{controller}``; must be stable across restarts for the persistent session."""
+    session_expiry_s: Annotated[int, Field(ge=0, le=0xFFFFFFFF)] = 7 * 86_400
+    telemetry_interval_s: PositiveS = 10.0
+    snapshot_interval_s: PositiveS = 300.0
+    """How often the controller publishes a site snapshot for the optimiser."""
+    snapshot_debounce_s: PositiveS = 30.0
+    """A session start/stop or a departure/priority command brings the next snapshot forward, but no
+    sooner than this after the last one (a burst of arrivals makes one snapshot, not ten)."""
+    plan_stale_after_s: PositiveS = 60.0
+    """With the link down this long, the plan in force is dropped and the local fallback schedule decides."""
+    max_payload_bytes: Annotated[int, Field(ge=1024, le=16 * 2**20)] = 256 * 1024
+    inbound_queue_size: Annotated[int, Field(ge=1, le=10_000)] = 64
+    outbox: OutboxConfig = OutboxConfig()
 
     def client_id_for(self, site_id: str) -> str:
         return self.client_id or f"plaza-{site_id}-{self.controller}"

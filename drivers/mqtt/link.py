@@ -5,7 +5,7 @@ with a session expiry, so plans and commands published while the site was away w
 broker. On connect it publishes the retained ``state`` birth (``online``; the last will says
 ``offline``), subscribes to ``plan`` and ``cmd/+`` at QoS 1, and replays the outbox in order. A lost
 connection is retried with exponential back-off and jitter by the link itself: gmqtt's own reconnect
-waits a fixed delay without jitter, so it is switched off (``_Client.reconnect``). Nothing raises into
+waits a fixed delay without jitter, so it is switched off (``NoReconnectClient.reconnect``). Nothing raises into
 the caller: a refused CONNACK (wrong password), a TLS failure (bad certificate) or a dead broker is
 logged once per change of reason and retried.
 
@@ -86,9 +86,9 @@ class LinkStats:
     telemetry_stored: int = 0
 
 
-class _Client(gmqtt.Client):  # type: ignore[misc]  # gmqtt ships no type information
+class NoReconnectClient(gmqtt.Client):  # type: ignore[misc]  # gmqtt ships no type information
     async def reconnect(self, delay: bool = False) -> None:
-        """gmqtt calls this after a lost connection; the link reconnects itself (back-off with jitter)."""
+        """gmqtt calls this after a lost connection; its owner reconnects itself (back-off with jitter)."""
 
 
 class _Inflight(PersistentStorage):  # type: ignore[misc]
@@ -148,7 +148,7 @@ class CloudLink:
         self.software = software
         self.queue: asyncio.Queue[Received] = asyncio.Queue(maxsize=config.inbound_queue_size)
         self.stats = LinkStats()
-        self._client: _Client | None = None
+        self._client: NoReconnectClient | None = None
         self._wake = asyncio.Event()
         self._lost = asyncio.Event()
         self._lost_reason = ""
@@ -221,9 +221,7 @@ class CloudLink:
     # -- the connection ------------------------------------------------------------------------
 
     def backoff_s(self, failures: int) -> float:
-        """Delay before attempt ``failures`` + 1: doubling from ``backoff_first_s`` to the cap, 50-100 % of it."""
-        ceiling = min(self.config.backoff_cap_s, self.config.backoff_first_s * 2.0 ** max(0, failures - 1))
-        return ceiling * self.rng.uniform(0.5, 1.0)
+        return self.config.backoff_s(failures, self.rng)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Stay connected until ``stop``; never raises (cancellation aside)."""
@@ -239,7 +237,7 @@ class CloudLink:
                 except Exception as err:  # every failure is retried; none may reach the cycle
                     failures += 1
                     self.stats.connect_failures += 1
-                    self._failed(_reason(err))
+                    self._failed(failure_reason(err))
                 if stop.is_set():
                     break
                 with contextlib.suppress(TimeoutError):
@@ -266,7 +264,7 @@ class CloudLink:
             self.topics.of("state"), encode(state_message(self.topics, self.clock(), "offline")), qos=1, retain=True
         )
         storage = _Inflight(self._on_delivered)
-        client = _Client(
+        client = NoReconnectClient(
             self.config.client_id_for(self.site.site),
             clean_session=False,
             optimistic_acknowledgement=False,
@@ -315,7 +313,7 @@ class CloudLink:
             len(self.outbox),
         )
 
-    async def _deliver(self, client: _Client, storage: _Inflight, stop: asyncio.Event) -> None:
+    async def _deliver(self, client: NoReconnectClient, storage: _Inflight, stop: asyncio.Event) -> None:
         """Publish outbox rows in order, at most ``INFLIGHT_WINDOW`` unacknowledged, until lost or stopped."""
         cursor = 0
         while not stop.is_set():
@@ -338,7 +336,7 @@ class CloudLink:
                 for waiter in waiters:
                     waiter.cancel()
 
-    async def _close(self, client: _Client, *, graceful: bool) -> None:
+    async def _close(self, client: NoReconnectClient, *, graceful: bool) -> None:
         if graceful and client.is_connected:
             # A clean DISCONNECT suppresses the will: say offline ourselves.
             offline = state_message(self.topics, self.clock(), "offline", self.software)
@@ -353,11 +351,13 @@ class CloudLink:
         self.stats.delivered += 1
         self._wake.set()
 
-    def _on_disconnect(self, client: _Client, packet: object, exc: BaseException | None = None) -> None:
-        self._lost_reason = _reason(exc) if exc is not None else "broker closed the connection"
+    def _on_disconnect(self, client: NoReconnectClient, packet: object, exc: BaseException | None = None) -> None:
+        self._lost_reason = failure_reason(exc) if exc is not None else "broker closed the connection"
         self._lost.set()
 
-    async def _on_message(self, client: _Client, topic: str, payload: bytes, qos: int, properties: object) -> int:
+    async def _on_message(
+        self, client: NoReconnectClient, topic: str, payload: bytes, qos: int, properties: object
+    ) -> int:
         """Every inbound PUBLISH; the return value is the PUBACK reason code (0: success)."""
         self.stats.messages_in += 1
         now = self.clock()
@@ -389,7 +389,8 @@ class CloudLink:
         self.acknowledge(message_id, topic, accepted=False, reason=reason)
 
 
-def _reason(err: BaseException) -> str:
+def failure_reason(err: BaseException) -> str:
+    """A connection failure in one line, as it is logged and kept in the stats."""
     if isinstance(err, TimeoutError):
         return "timed out"
     if isinstance(err, ssl.SSLError):

@@ -212,6 +212,25 @@ def loads_strict(payload: bytes) -> Any:
     return json.loads(payload, parse_float=_finite_float, parse_constant=_no_constant)
 
 
+def json_object(payload: bytes) -> dict[str, Any] | str:
+    """The payload as a JSON object, or why it is not one (strict: no NaN/Infinity, no overflow)."""
+    try:
+        data = loads_strict(payload)
+    except (UnicodeDecodeError, ValueError) as err:
+        return f"malformed JSON: {err}"
+    except RecursionError:
+        return "malformed JSON: nested too deeply"
+    if not isinstance(data, dict):
+        return f"malformed message: a JSON object expected, got {type(data).__name__}"
+    return data
+
+
+def message_id(data: Mapping[str, Any]) -> str | None:
+    """The message's ``id`` if it is one to echo (the ack's schema wants 1-128 characters), else None."""
+    raw_id = data.get("id")
+    return raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= 128 else None
+
+
 def parse_inbound(
     topic: str,
     payload: bytes,
@@ -229,17 +248,10 @@ def parse_inbound(
     kind = topic[len(prefix) :]
     if kind not in INBOUND_KINDS:
         return Rejected(f"unknown topic {kind!r} (expected plan or cmd/{{{','.join(COMMANDS)}}})")
-    try:
-        data = loads_strict(payload)
-    except (UnicodeDecodeError, ValueError) as err:
-        return Rejected(f"malformed JSON: {err}")
-    except RecursionError:
-        return Rejected("malformed JSON: nested too deeply")
-    if not isinstance(data, dict):
-        return Rejected(f"malformed message: a JSON object expected, got {type(data).__name__}")
-    raw_id = data.get("id")
-    # Echoed in the ack, whose schema wants 1-128 characters: an id outside that is not one to match.
-    msg_id = raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= 128 else None
+    data = json_object(payload)
+    if isinstance(data, str):
+        return Rejected(data)
+    msg_id = message_id(data)
     schema = data.get("schema")
     expected = f"{PREFIX}/{kind}"
     if not isinstance(schema, str):
