@@ -46,6 +46,7 @@ __all__ = [
     "PlanningSite",
     "capacity_frame_limits_w",
     "planning_site_from",
+    "same_time_in_year",
     "synthetic_inputs",
     "synthetic_site",
 ]
@@ -688,11 +689,10 @@ def _acn() -> tuple[_AcnDay, ...]:
     return tuple(out)
 
 
-def _same_time_in_year(t: datetime, year: int) -> float:
-    """Epoch seconds of the same day-of-year and time of day (UTC) in ``year``."""
+def same_time_in_year(t: datetime, year: int) -> datetime:
+    """The same day-of-year and UTC time of day in ``year``: how a date outside a data excerpt is mapped into it."""
     doy = min(t.timetuple().tm_yday, 365)
-    day0 = datetime(year, 1, 1, tzinfo=UTC)
-    return (day0 + timedelta(days=doy - 1, hours=t.hour, minutes=t.minute, seconds=t.second)).timestamp()
+    return datetime(year, 1, 1, tzinfo=UTC) + timedelta(days=doy - 1, hours=t.hour, minutes=t.minute, seconds=t.second)
 
 
 def _step_values(series: _Series, t_s: FloatArray) -> FloatArray:
@@ -744,13 +744,13 @@ def synthetic_inputs(
     t0 = start.timestamp()
     t_start: FloatArray = t0 + np.arange(n, dtype=np.float64) * step_s
 
-    doy_offset = _same_time_in_year(start, 2023) - t0
+    doy_offset = same_time_in_year(start, 2023).timestamp() - t0
     price_mwh = _step_values(_prices(), t_start + doy_offset)
     price_import = price_mwh / 1000.0 + IMPORT_ADDER_EUR_KWH
     price_export = price_mwh / 1000.0 - EXPORT_DEDUCTION_EUR_KWH
 
     m = len(site.metered)
-    pv_offset = _same_time_in_year(start, 2019) - t0
+    pv_offset = same_time_in_year(start, 2019).timestamp() - t0
     pv_cf = np.clip(_interp(_pv(), t_start + (step_s / 2 + pv_offset)), 0.0, 1.0)
     pv_peak = np.asarray(site.pv_peak_w or (0.0,) * m)
     pv_w = pv_peak[:, None] * pv_cf[None, :]

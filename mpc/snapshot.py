@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import jsonschema
@@ -38,6 +38,7 @@ from mpc.model import (
     PlanNode,
     PlanSolution,
     capacity_frame_limits_w,
+    same_time_in_year,
 )
 
 SNAPSHOT_KIND = "snapshot"
@@ -417,12 +418,6 @@ def _limit_overrides(
         limit_a if np.isfinite(limit_a).any() else None,
         power_w if np.isfinite(power_w).any() else None,
     )
-
-
-def same_time_in_year(t: datetime, year: int) -> datetime:
-    """The same day-of-year and UTC time of day in ``year`` (as ``mpc.model`` maps the real-data excerpts)."""
-    doy = min(t.timetuple().tm_yday, 365)
-    return datetime(year, 1, 1, tzinfo=UTC) + timedelta(days=doy - 1, hours=t.hour, minutes=t.minute, seconds=t.second)
 
 
 @dataclass(frozen=True, slots=True)
