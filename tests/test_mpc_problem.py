@@ -565,3 +565,83 @@ def test_bench_main_without_json_prints_a_table() -> None:
         assert bench.main(parser.parse_args(["--connectors", "6", "--horizon-h", "6", "--resolves", "10"])) == 0
     assert "gap" in out.getvalue()
     assert "warm re-solve p50 / p95" in out.getvalue()
+
+
+# --------------------------------------------------------------------------------------------------
+# Tight connection (the evaluation plaza of mpc/evaluate.py in small)
+# --------------------------------------------------------------------------------------------------
+
+
+def tight_plaza(n_boards: int = 2, per_board: int = 9) -> PlanningSite:
+    """grid -> boards of single-phase 32 A connectors spread over L1-L3; the grid is the tight limit."""
+    connectors = [
+        PlanConnector(id=f"c{b}-{i}", node=1 + b, dc=False, rotation=(i % 3,), max_power_w=AC1_W, voltage_v=V)
+        for b in range(n_boards)
+        for i in range(per_board)
+    ]
+    boards = tuple(
+        PlanNode(id=f"board-{b}", parent=0, limit_a=100.0, connectors=tuple(range(b * per_board, (b + 1) * per_board)))
+        for b in range(n_boards)
+    )
+    root_a = 0.6 * 32.0 * len(connectors) / 3.0  # 0.6 x every connector at full current
+    return PlanningSite(
+        id="tight",
+        voltage_v=V,
+        nodes=(PlanNode(id="grid", parent=None, limit_a=root_a, connectors=tuple(range(len(connectors)))), *boards),
+        connectors=tuple(connectors),
+        batteries=(),
+        metered=(0,),
+    )
+
+
+def tight_inputs(site: PlanningSite, step: int, *, evs: bool) -> PlanInputs:
+    """A building load whose forecast peak (evening) is above the month's peak so far; long stays."""
+    n = 96
+    t = (step + np.arange(n)) % 96
+    load_w = 20_000.0 + 18_000.0 * np.exp(-(((t - 70) / 8.0) ** 2))
+    price = 0.12 + 0.06 * np.sin(2 * np.pi * (t - 30) / 96)
+    s_n = len(site.connectors)
+    present = np.zeros((s_n, n), dtype=np.bool_)
+    departure = np.zeros(s_n, dtype=np.int64)
+    energy = np.zeros(s_n)
+    rng = np.random.default_rng(7)
+    if evs:
+        for s in range(s_n):
+            stay = int(rng.integers(24, 44)) - step
+            if stay > 0:
+                present[s, :stay] = True
+                departure[s] = stay
+                energy[s] = float(rng.uniform(15.0, 45.0)) * 1000.0
+    return PlanInputs(
+        start=START + step * timedelta(seconds=STEP_S),
+        step_s=STEP_S,
+        price_import_eur_kwh=price,
+        price_export_eur_kwh=price - 0.04,
+        present=present,
+        session_max_power_w=np.full(s_n, AC1_W),
+        energy_wh=energy,
+        departure_step=departure,
+        min_energy_wh=np.zeros(s_n),
+        priority=np.full(s_n, 5.0),
+        battery_soc_pct=np.zeros(0),
+        load_w=load_w[None, :],
+        pv_w=np.zeros((1, n)),
+        peak_tariff_eur_kw=3.0,
+        peak_reached_w=30_000.0,
+    )
+
+
+@pytest.mark.parametrize("evs", [False, True], ids=["no-ev-forecast-peak", "evs-tight-connection"])
+def test_tight_connection_with_a_peak_tariff_converges_close_to_the_lp(evs: bool) -> None:
+    """The evaluation plaza's hard case: the peak tariff (3 EUR/kW, ~100x a block's energy price) on a
+    connection that binds. OSQP used to hit 10 000 iterations here, even with no EV at all."""
+    site = tight_plaza()
+    problem = ChargePlanProblem(site, 24.0, 15)
+    for step in range(3):
+        inputs = tight_inputs(site, step, evs=evs)
+        plan = problem.solve(inputs)
+        assert plan.status == "solved"
+        ref = bench.lp_reference(site, inputs, problem.blocks)
+        replay = bench.replay_objective(site, inputs, problem.blocks, plan)
+        assert replay["objective_eur"] == pytest.approx(ref.objective_eur, rel=5e-3)
+        assert replay["max_excess_a"] < 0.05
