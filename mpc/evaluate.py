@@ -103,7 +103,16 @@ MPC_PRIORITY = 5.0
 """Weight of every session's shortfall in the MPC's plan (x 2 EUR/kWh): a missed kWh outweighs the kW of
 peak it would take (3 EUR/kW), which the MPC, seeing only the month so far, would otherwise save."""
 DEPARTURE_MARGIN_S = 3600.0
-"""The MPC plans each session to be done this long before the driver's estimated departure."""
+"""The MPC plans each session to be done this long before the driver's estimated departure (until it has
+learned the margin from completed sessions, see DEPARTURE_QUANTILE)."""
+DEPARTURE_QUANTILE = 0.9
+"""Once MARGIN_MIN_SESSIONS sessions have left, the margin is this quantile of (estimate - actual departure)."""
+MARGIN_MIN_SESSIONS = 30
+MARGIN_MAX_S = 3.0 * 3600.0
+"""The learned margin is kept within [-this, this]."""
+EARLY_EUR_KWH_H = 0.01
+"""The MPC plans with the import price raised by this per hour ahead: of two nearly equal prices it takes the
+earlier, as a driver may leave before the estimate (measurements in docs/evaluate.md)."""
 PUBLISH_HOUR_LOCAL = 13
 """Day-ahead prices of the next day are known from this local hour (EPEX auction at 12:00 CET)."""
 LOAD_HISTORY_DAYS = 28
@@ -160,6 +169,9 @@ class World:
     """The building load on the plaza's clock from LOAD_HISTORY_DAYS before the start (for forecasters)."""
     price_eur_mwh: FloatArray
     """(n_steps + HORIZON_STEPS,) day-ahead price per step, EUR/MWh."""
+    history_sessions: tuple[EvalSession, ...]
+    """Sessions of the LOAD_HISTORY_DAYS before the window that ended before it (negative ticks, slot -1):
+    known history for the MPC's departure margin."""
     dropped_sessions: int
     load_offset_days: int
     """Building load: plaza day d is load-series day d + this."""
@@ -195,6 +207,25 @@ def _shared_acn_file(data_dir: Path, day: date) -> Path:
     raise EvalError(f"no ACN file in {data_dir / 'acn_sessions'} covers {day.isoformat()}")
 
 
+def _history_session(s: Any, arrive: float, depart: float, start_s: float, tz: zoneinfo.ZoneInfo) -> EvalSession:
+    """A session before the window, on the window's tick clock (negative ticks), as the MPC's history."""
+    a_tick = math.ceil((arrive - start_s) / TICK_S)
+    d_tick = max(a_tick + 1, math.floor((depart - start_s) / TICK_S))
+    est = s.estimated_departure
+    max_a = _ev_max_a(s.session_id)
+    requested = s.requested_energy_kwh * 1000.0
+    return EvalSession(
+        id=s.session_id,
+        slot=-1,
+        arrive_tick=a_tick,
+        depart_tick=d_tick,
+        estimate_s=est.replace(tzinfo=None).replace(tzinfo=tz).timestamp() if est is not None else depart,
+        requested_wh=requested,
+        max_a=max_a,
+        deliverable_wh=min(requested, max_a * VOLTAGE_V * (d_tick - a_tick) * TICK_S / 3600.0),
+    )
+
+
 def build_world(start_day: date, days: int, data_dir: Path | None = None, n_slots: int = CONNECTORS) -> World:
     """Read the data and map them onto the plaza (``docs/evaluate.md``, *Data mapping*)."""
     from hil.data import load_acn_sessions, load_prices
@@ -227,12 +258,15 @@ def build_world(start_day: date, days: int, data_dir: Path | None = None, n_slot
     start_s = start.timestamp()
     n_ticks = days * STEPS_PER_DAY * TICKS_PER_STEP
     sessions: list[EvalSession] = []
+    history: list[EvalSession] = []
     dropped = 0
     busy_until = [0] * n_slots
     for s in raw:
         # Caltech wall-clock time is replayed as Amsterdam wall-clock time on the same date.
         arrive = s.arrival.replace(tzinfo=None).replace(tzinfo=tz).timestamp()
         depart = s.departure.replace(tzinfo=None).replace(tzinfo=tz).timestamp()
+        if depart <= start_s and arrive >= start_s - LOAD_HISTORY_DAYS * 86400.0 and s.requested_energy_kwh > 0.0:
+            history.append(_history_session(s, arrive, depart, start_s, tz))
         if depart <= start_s or arrive >= start_s + n_ticks * TICK_S:
             continue
         slot = slot_of.get(s.station_id)
@@ -300,6 +334,7 @@ def build_world(start_day: date, days: int, data_dir: Path | None = None, n_slot
         phase=phase,
         board=board,
         sessions=tuple(sessions),
+        history_sessions=tuple(history),
         building_w=building_w,
         history_t_s=load_t[hist] - offset_s,
         history_w=load_v[hist] * scale_w,
@@ -588,6 +623,20 @@ class _Mpc:
         self.probed: set[int] = set()
         self.tz = zoneinfo.ZoneInfo(TZ)
         self.prices = world.import_eur_kwh
+        self.margin_fit_step = -1
+        self.margin_s = DEPARTURE_MARGIN_S
+
+    def _learn_margin(self, k: int) -> None:
+        """Once per step: the departure margin from the sessions that have left before tick ``k``."""
+        step = k // TICKS_PER_STEP
+        if step == self.margin_fit_step:
+            return
+        self.margin_fit_step = step
+        w = self.world
+        done = [s for s in w.history_sessions + w.sessions if s.depart_tick <= k]
+        if len(done) >= MARGIN_MIN_SESSIONS:
+            early = np.array([s.estimate_s - (w.start_s + s.depart_tick * TICK_S) for s in done])
+            self.margin_s = float(np.clip(np.quantile(early, DEPARTURE_QUANTILE), -MARGIN_MAX_S, MARGIN_MAX_S))
 
     def observe(self, physics: _Physics, setpoints_a: FloatArray) -> None:
         """Telemetry: an EV drawing clearly less than its setpoint shows its own maximum."""
@@ -618,12 +667,13 @@ class _Mpc:
         energy = np.zeros(s_n)
         departure = np.zeros(s_n, dtype=np.int64)
         max_w = np.full(s_n, CONNECTOR_MAX_A * VOLTAGE_V)
+        self._learn_margin(k)
         for i, slot in enumerate(self.slot_of_planning):
             j = int(physics.session_at[slot])
             if j < 0:
                 continue
             s = w.sessions[j]
-            leave_s = max(s.estimate_s - DEPARTURE_MARGIN_S, t + STEP_S)
+            leave_s = max(s.estimate_s - self.margin_s, t + STEP_S)
             dep = math.ceil((leave_s - t) / STEP_S - 1e-9)
             departure[i] = dep
             present[i, : min(dep, HORIZON_STEPS)] = True
@@ -631,11 +681,12 @@ class _Mpc:
             max_w[i] = self.observed_cap_a.get(j, CONNECTOR_MAX_A) * VOLTAGE_V
         load = self.forecaster.fit(self.history, t).predict(t, HORIZON_STEPS)
         price = self._prices(step, t)
+        plan_price = price + EARLY_EUR_KWH_H * np.arange(HORIZON_STEPS) * STEP_S / 3600.0
         inputs = PlanInputs(
             start=datetime.fromtimestamp(t, UTC),
             step_s=float(STEP_S),
-            price_import_eur_kwh=price,
-            price_export_eur_kwh=price - 0.04,
+            price_import_eur_kwh=plan_price,
+            price_export_eur_kwh=plan_price - 0.04,
             present=present,
             session_max_power_w=max_w,
             energy_wh=energy,
