@@ -987,7 +987,7 @@ def evaluate(
     *,
     connection_share: float = 0.6,
     strategies: tuple[str, ...] = STRATEGIES,
-    mpc_solver: str = "highs",
+    mpc_solver: str = "osqp",
 ) -> dict[str, Any]:
     """Run the strategies on ``world``; returns the JSON-ready result (``docs/evaluate.md``)."""
     wall0 = time.perf_counter()
@@ -1096,9 +1096,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--mpc-solver",
-        choices=("highs", "osqp"),
-        default="highs",
-        help="solver of each MPC re-solve: HiGHS on the linear problem (mpc.bench.lp_reference) or the OSQP QP",
+        choices=("osqp", "highs"),
+        default="osqp",
+        help="solver of each MPC re-solve: the optimiser's OSQP QP, or HiGHS on the linear problem "
+        "(mpc.bench.lp_reference) for comparison",
     )
     parser.add_argument("--connectors", type=int, default=CONNECTORS, help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
