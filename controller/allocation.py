@@ -57,9 +57,7 @@ class Demand:
     start_margin_a: float = 0.0
 
 
-def _level(
-    members: list[tuple[int, float]], active: list[bool], lo: list[float], hi: list[float], rem: float
-) -> float:
+def _level(members: list[tuple[int, float]], active: list[bool], lo: list[float], hi: list[float], rem: float) -> float:
     """Highest L at which sum w * (clamp(L, lo, hi) - lo) over active members stays within rem."""
     rem = max(rem, 0.0)
     events: list[tuple[float, float]] = []
@@ -271,15 +269,22 @@ def _load_native() -> ctypes.CDLL | None:
     c_int_p = ctypes.POINTER(ctypes.c_int)
     library.plaza_allocate.restype = ctypes.c_int
     library.plaza_allocate.argtypes = [
-        ctypes.c_int, c_double_p, c_double_p, c_double_p, c_int_p, c_int_p, c_int_p, c_double_p,
-        ctypes.c_int, c_double_p, c_double_p,
+        ctypes.c_int,
+        c_double_p,
+        c_double_p,
+        c_double_p,
+        c_int_p,
+        c_int_p,
+        c_int_p,
+        c_double_p,
+        ctypes.c_int,
+        c_double_p,
+        c_double_p,
     ]
     return library
 
 
-def _allocate_native(
-    library: ctypes.CDLL, site: Site, rem: list[float], order: list[Demand]
-) -> dict[int, float]:
+def _allocate_native(library: ctypes.CDLL, site: Site, rem: list[float], order: list[Demand]) -> dict[int, float]:
     count = len(order)
     lo = array("d", [d.lo_a for d in order])
     hi = array("d", [d.hi_a for d in order])
@@ -296,9 +301,17 @@ def _allocate_native(
     rem_c = array("d", rem)
     x = array("d", bytes(8 * max(count, 1)))
     status = library.plaza_allocate(
-        count, _ptr(lo, ctypes.c_double), _ptr(hi, ctypes.c_double), _ptr(need, ctypes.c_double),
-        _ptr(rank, ctypes.c_int), _ptr(kptr, ctypes.c_int), _ptr(kidx, ctypes.c_int), _ptr(kw, ctypes.c_double),
-        len(rem_c), _ptr(rem_c, ctypes.c_double), _ptr(x, ctypes.c_double),
+        count,
+        _ptr(lo, ctypes.c_double),
+        _ptr(hi, ctypes.c_double),
+        _ptr(need, ctypes.c_double),
+        _ptr(rank, ctypes.c_int),
+        _ptr(kptr, ctypes.c_int),
+        _ptr(kidx, ctypes.c_int),
+        _ptr(kw, ctypes.c_double),
+        len(rem_c),
+        _ptr(rem_c, ctypes.c_double),
+        _ptr(x, ctypes.c_double),
     )
     if status != 0:
         return allocate_python(site, rem, order)

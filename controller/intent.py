@@ -89,7 +89,12 @@ def open_session(site: Site, connector: Connector, reading: ConnectorReading, no
 
 
 def update_draw_cap(
-    session: Session, connector: Connector, reading: ConnectorReading, setpoint_a: float, now: float, headroom_a: float,
+    session: Session,
+    connector: Connector,
+    reading: ConnectorReading,
+    setpoint_a: float,
+    now: float,
+    headroom_a: float,
     probe_interval_s: float,
 ) -> None:
     """Cap the demand of an EV that keeps drawing well below its setpoint; lift the cap now and then."""

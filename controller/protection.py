@@ -82,9 +82,7 @@ def estimate_uncontrolled(
             if measured is None:
                 limit = limits[node.index]
                 load[base] = load[base + 1] = load[base + 2] = limit.current_a
-                load[base + POWER] = (
-                    limit.power_w if math.isfinite(limit.power_w) else limit.current_a * voltage_v * 3
-                )
+                load[base + POWER] = limit.power_w if math.isfinite(limit.power_w) else limit.current_a * voltage_v * 3
             else:
                 current_a = measured[0]
                 load[base] = max(0.0, current_a[0] - controllable[base])

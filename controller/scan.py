@@ -203,4 +203,3 @@ class ScanLoop:
                 # Overran: go on at the next boundary instead of running cycles back to back.
                 next_due += math.ceil((now - next_due) / period) * period
             await self.clock.sleep(next_due - self.clock.monotonic())
-

@@ -217,9 +217,7 @@ upstream data can be detected.
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("shared_dir", type=Path, help="the shared real-data folder (e.g. /work/shared/data)")
-    parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})"
-    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     args = parser.parse_args(argv)
     shared: Path = args.shared_dir
     out: Path = args.out
@@ -233,9 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     prices_n_src, prices_n_kept, prices_full = make_prices(shared / PRICES_SRC, out / PRICES_OUT)
     pv_n = make_pv(shared / PV_SRC, out / PV_OUT)
     site_stats = make_site_load(shared / SITE_LOAD_SRC, out / SITE_LOAD_OUT)
-    site_n_src, site_n_cols, site_n_kept, site_n_empty, site_n_negative, site_min, site_weather_gaps = (
-        site_stats
-    )
+    site_n_src, site_n_cols, site_n_kept, site_n_empty, site_n_negative, site_min, site_weather_gaps = site_stats
     prices_rows = (
         f"all {prices_n_kept} rows, the file copied byte for byte (it is smaller than "
         f"{PRICES_FULL_LIMIT_BYTES // 1000} KB)"

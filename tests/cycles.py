@@ -100,7 +100,10 @@ class Plaza:
             snap.resets.append(LatchReset(latch, operator, t))
         self._restamp(t)
         image = freeze(
-            snap, t, self.site.stale_after_s, tuple(c.id for c in self.site.connectors),
+            snap,
+            t,
+            self.site.stale_after_s,
+            tuple(c.id for c in self.site.connectors),
             tuple(b.id for b in self.site.batteries),
         )
         self.image = image

@@ -255,18 +255,22 @@ def test_sim_unknown_ids_are_named_by_path(
 @pytest.mark.parametrize(
     ("body", "path"),
     [
-        ("events:\n  - {at_s: 10, type: load_spike, load: building, extra_kw: .nan, duration_s: 5}\n",
-         "events[0].extra_kw"),
-        ("evs:\n  sessions:\n    - {connector: cp1-1, arrive_s: 0, depart_s: 100, energy_kwh: .nan}\n",
-         "evs.sessions[0].energy_kwh"),
-        ("evs:\n  sessions:\n    - {connector: cp1-1, arrive_s: .inf, depart_s: 100, energy_kwh: 1}\n",
-         "evs.sessions[0].arrive_s"),
+        (
+            "events:\n  - {at_s: 10, type: load_spike, load: building, extra_kw: .nan, duration_s: 5}\n",
+            "events[0].extra_kw",
+        ),
+        (
+            "evs:\n  sessions:\n    - {connector: cp1-1, arrive_s: 0, depart_s: 100, energy_kwh: .nan}\n",
+            "evs.sessions[0].energy_kwh",
+        ),
+        (
+            "evs:\n  sessions:\n    - {connector: cp1-1, arrive_s: .inf, depart_s: 100, energy_kwh: 1}\n",
+            "evs.sessions[0].arrive_s",
+        ),
         ("connection_limit_a: .nan\n", "connection_limit_a"),
     ],
 )
-def test_sim_nan_values_are_rejected(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, body: str, path: str
-) -> None:
+def test_sim_nan_values_are_rejected(capsys: pytest.CaptureFixture[str], tmp_path: Path, body: str, path: str) -> None:
     scenario = write_scenario(tmp_path, body)
     assert main(["sim", str(scenario)]) == 1
     err = capsys.readouterr().err

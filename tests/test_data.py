@@ -263,14 +263,10 @@ def test_prices_may_be_negative_pv_may_not(tmp_path: Path) -> None:
     series = load_prices(prices)
     assert series.values == (-5.0, 7.5)
     assert series.t_s == (_epoch("2023-01-01T00:00:00"), _epoch("2023-01-01T01:00:00"))
-    pv = _write(
-        tmp_path / "pv_neg.csv", "time,local_time,electricity\n2019-01-01 00:00,2019-01-01 01:00,-0.1\n"
-    )
+    pv = _write(tmp_path / "pv_neg.csv", "time,local_time,electricity\n2019-01-01 00:00,2019-01-01 01:00,-0.1\n")
     with pytest.raises(DataError, match=r"pv_neg\.csv, line 2"):
         load_pv_capacity_factor(pv)
-    pv_big = _write(
-        tmp_path / "pv_big.csv", "time,local_time,electricity\n2019-01-01 00:00,2019-01-01 01:00,1.5\n"
-    )
+    pv_big = _write(tmp_path / "pv_big.csv", "time,local_time,electricity\n2019-01-01 00:00,2019-01-01 01:00,1.5\n")
     with pytest.raises(DataError, match=r"pv_big\.csv, line 2"):
         load_pv_capacity_factor(pv_big)
 

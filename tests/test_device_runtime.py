@@ -50,8 +50,17 @@ class FakeMeter:
 
 
 def output_at(t: float) -> CycleOutput:
-    return CycleOutput(t=t, mode=SiteMode.NORMAL, setpoints=(), batteries=(), limits=(), uncontrolled=None,
-                       dso_pct=100.0, latches={}, events=())
+    return CycleOutput(
+        t=t,
+        mode=SiteMode.NORMAL,
+        setpoints=(),
+        batteries=(),
+        limits=(),
+        uncontrolled=None,
+        dso_pct=100.0,
+        latches={},
+        events=(),
+    )
 
 
 async def run_for(seconds: float, *runners: DeviceRunner) -> None:

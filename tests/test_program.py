@@ -82,8 +82,10 @@ tree:
     # Before c1's EV draws, it is assumed to load all three phases: 10 A each on L1 and L3.
     assert sp == pytest.approx({"c1": 10.0, "c2": 10.0, "c3": 10.0})
     # c1's EV turns out to be single-phase: charger L1 is grid L2, so L1 and L3 are free for c2/c3.
-    sp = plaza.cycle(meters={"m_grid": (10.0, 10.0, 10.0)}, evs={"c1": drawing(10.0, phases=1),
-                                                              "c2": drawing(10.0, 1), "c3": drawing(10.0, 1)})
+    sp = plaza.cycle(
+        meters={"m_grid": (10.0, 10.0, 10.0)},
+        evs={"c1": drawing(10.0, phases=1), "c2": drawing(10.0, 1), "c3": drawing(10.0, 1)},
+    )
     assert sp == pytest.approx({"c1": 20.0, "c2": 20.0, "c3": 20.0})
 
 
@@ -96,12 +98,15 @@ def test_every_setpoint_is_zero_or_at_least_the_minimum_current() -> None:
 
 
 def test_higher_priority_rfid_profile_is_curtailed_last() -> None:
-    text = THREE + """
+    text = (
+        THREE
+        + """
 priorities:
   default: 1
   users:
     - {id_token: VIP, priority: 5}
 """
+    )
     plaza = Plaza.from_yaml(text.replace("limit_a: 40\n", "limit_a: 44\n"))
     vip = Ev(id_token="VIP")
     plaza.cycle(meters={"m_grid": (0.0, 0.0, 0.0)}, evs={"c1": vip, "c2": Ev(), "c3": Ev()})
@@ -148,8 +153,9 @@ def test_urgent_session_is_served_before_calm_ones_of_the_same_priority() -> Non
 def test_ramp_up_is_gradual_and_ramp_down_immediate() -> None:
     plaza = Plaza.from_yaml(THREE.replace("ramp_up_a_per_s: 100", "ramp_up_a_per_s: 4"))
     plaza.cycle(meters={"m_grid": (0.0, 0.0, 0.0)}, evs={"c1": Ev(), "c2": None, "c3": None})
-    seen = [plaza.cycle(evs={"c1": drawing(plaza.last.setpoints[0].current_a if plaza.last else 0)})["c1"]
-            for _ in range(6)]
+    seen = [
+        plaza.cycle(evs={"c1": drawing(plaza.last.setpoints[0].current_a if plaza.last else 0)})["c1"] for _ in range(6)
+    ]
     assert seen == pytest.approx([10.0, 14.0, 18.0, 22.0, 26.0, 30.0])
     # The building takes 25 A next to the EV's 30 A: down to 15 A in this very cycle.
     sp = plaza.cycle(evs={"c1": drawing(30.0)}, meters={"m_grid": (55.0, 55.0, 55.0)})
@@ -248,13 +254,17 @@ def test_decrease_in_flight_is_not_handed_to_another_charger_before_the_response
 
 
 def test_fire_alarm_pauses_everything_in_the_same_cycle_and_latches_until_reset() -> None:
-    text = THREE + """
+    text = (
+        THREE
+        + """
 batteries:
   - {id: bess, node: grid, capacity_kwh: 100, max_charge_kw: 50, max_discharge_kw: 50}
 """
+    )
     plaza = Plaza.from_yaml(text)
-    plaza.cycle(meters={"m_grid": (0.0, 0.0, 0.0)}, evs={"c1": Ev(), "c2": Ev(), "c3": None},
-                battery={"bess": (50.0, 0.0)})
+    plaza.cycle(
+        meters={"m_grid": (0.0, 0.0, 0.0)}, evs={"c1": Ev(), "c2": Ev(), "c3": None}, battery={"bess": (50.0, 0.0)}
+    )
     assert plaza.cycle()["c1"] > 0.0
     sp = plaza.cycle(contacts={"fire": False})
     assert set(sp.values()) == {0.0}
@@ -328,8 +338,9 @@ tree:
 """
     )
     plaza = Plaza.from_yaml(text)
-    plaza.cycle(meters={"m_grid": (30.0, 30.0, 30.0), "m_sub": (20.0, 20.0, 20.0)},
-                evs={"c1": Ev(), "c2": Ev(), "c3": Ev()})
+    plaza.cycle(
+        meters={"m_grid": (30.0, 30.0, 30.0), "m_sub": (20.0, 20.0, 20.0)}, evs={"c1": Ev(), "c2": Ev(), "c3": Ev()}
+    )
     assert plaza.cycle() == pytest.approx({"c1": 10.0, "c2": 10.0, "c3": 32.0})
 
 
@@ -357,13 +368,17 @@ tree:
 
 
 def test_battery_discharges_to_shave_a_peak_when_sessions_are_curtailed() -> None:
-    text = THREE + """
+    text = (
+        THREE
+        + """
 batteries:
   - {id: bess, node: grid, capacity_kwh: 100, max_charge_kw: 50, max_discharge_kw: 50}
 """
+    )
     plaza = Plaza.from_yaml(text)
-    plaza.cycle(meters={"m_grid": (0.0, 0.0, 0.0)}, evs={"c1": Ev(), "c2": Ev(), "c3": Ev()},
-                battery={"bess": (60.0, 0.0)})
+    plaza.cycle(
+        meters={"m_grid": (0.0, 0.0, 0.0)}, evs={"c1": Ev(), "c2": Ev(), "c3": Ev()}, battery={"bess": (60.0, 0.0)}
+    )
     plaza.cycle()
     assert plaza.last is not None
     assert plaza.last.batteries[0].power_w < -20_000.0
@@ -372,19 +387,25 @@ batteries:
     assert plaza.last.batteries[0].power_w >= 0.0
 
 
-PV_SITE = THREE.replace("limit_a: 40\n", "limit_a: 63\n") + """
+PV_SITE = (
+    THREE.replace("limit_a: 40\n", "limit_a: 63\n")
+    + """
 priorities:
   users: [{id_token: SUN, priority: 1, flexible: true}]
 batteries:
   - {id: bess, node: grid, capacity_kwh: 100, max_charge_kw: 50, max_discharge_kw: 50}
 """
+)
 
 
 def test_flexible_session_waits_for_pv_surplus_and_takes_only_the_surplus() -> None:
     plaza = Plaza.from_yaml(PV_SITE)
     # Importing 10 A per phase: no surplus, the flexible session waits.
-    plaza.cycle(meters={"m_grid": (10.0, 10.0, 10.0)}, evs={"c1": Ev(id_token="SUN"), "c2": None, "c3": None},
-                battery={"bess": (50.0, 0.0)})
+    plaza.cycle(
+        meters={"m_grid": (10.0, 10.0, 10.0)},
+        evs={"c1": Ev(id_token="SUN"), "c2": None, "c3": None},
+        battery={"bess": (50.0, 0.0)},
+    )
     assert plaza.cycle()["c1"] == 0.0
     # 9.66 kW exported (14 A per phase, signed negative): the session takes that much.
     sp = plaza.cycle(dt=61.0, meters={"m_grid": (-14.0, -14.0, -14.0)})
@@ -393,8 +414,9 @@ def test_flexible_session_waits_for_pv_surplus_and_takes_only_the_surplus() -> N
 
 def test_battery_charges_from_exported_pv_and_stays_idle_otherwise() -> None:
     plaza = Plaza.from_yaml(PV_SITE)
-    plaza.cycle(meters={"m_grid": (10.0, 10.0, 10.0)}, evs={"c1": None, "c2": None, "c3": None},
-                battery={"bess": (50.0, 0.0)})
+    plaza.cycle(
+        meters={"m_grid": (10.0, 10.0, 10.0)}, evs={"c1": None, "c2": None, "c3": None}, battery={"bess": (50.0, 0.0)}
+    )
     plaza.cycle()
     assert plaza.last is not None
     assert plaza.last.batteries[0].power_w == 0.0

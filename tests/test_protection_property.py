@@ -190,9 +190,7 @@ def test_allocation_is_feasible_and_wastes_no_capacity(case: Case, data: st.Data
             continue
         keys = [n * KEYS_PER_NODE + p for n in site.connectors[d.index].path for p in d.phases]
         keys += [n * KEYS_PER_NODE + POWER for n in site.connectors[d.index].path]
-        slack = min(
-            (start[k] - used[k]) / (V * len(d.phases) if k % KEYS_PER_NODE == POWER else 1.0) for k in keys
-        )
+        slack = min((start[k] - used[k]) / (V * len(d.phases) if k % KEYS_PER_NODE == POWER else 1.0) for k in keys)
         assert slack <= 1e-6, (d.index, x, d.hi_a, slack)
 
 

@@ -31,13 +31,16 @@ def result_of(results: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
 
 
 def test_there_are_example_scenarios_for_every_case_the_issue_names() -> None:
-    assert {"acn-24h.scenario.yaml", "load-spike.scenario.yaml", "meter-silent.scenario.yaml",
-            "fire-alarm.scenario.yaml", "pv-battery.scenario.yaml"} <= set(SCENARIOS)
+    assert {
+        "acn-24h.scenario.yaml",
+        "load-spike.scenario.yaml",
+        "meter-silent.scenario.yaml",
+        "fire-alarm.scenario.yaml",
+        "pv-battery.scenario.yaml",
+    } <= set(SCENARIOS)
 
 
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.slow) if n in LONG else n for n in SCENARIOS]
-)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in LONG else n for n in SCENARIOS])
 def test_no_node_is_over_its_limit_after_the_reaction_window(name: str, results: dict[str, dict[str, Any]]) -> None:
     result = result_of(results, name)
     assert result["max_overload_a"] <= 0.5
