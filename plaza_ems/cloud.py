@@ -621,9 +621,10 @@ class BillingPeak:
         if window != self._window:
             self._close_window()
             self._window, self._energy_ws, self._covered_s = window, 0.0, 0.0
-        month = datetime.fromtimestamp(now, self._timezone).strftime("%Y-%m")
-        if month != self.month:
-            self.month, self.peak_w = month, None
+            # Once per quarter hour, not every cycle: months begin on a quarter hour in every time zone.
+            month = datetime.fromtimestamp(now, self._timezone).strftime("%Y-%m")
+            if month != self.month:
+                self.month, self.peak_w = month, None
         dt_s = 0.0 if self._last_ts is None else min(max(0.0, now - self._last_ts), PEAK_WINDOW_S)
         self._last_ts = now
         if power_w is not None:
