@@ -53,6 +53,8 @@ class _Model:
     min_kwh: FloatArray  # (S,)
     c_imp: FloatArray  # (B,) EUR per kW over the block
     c_exp: FloatArray
+    c_p: FloatArray  # (S, B) EUR per kW of the slot over the block
+    reserve_kw: float  # the reserve under the peak reached
     net_kw: FloatArray  # (M, B) uncontrolled load minus PV
     lim_a: FloatArray  # (N, B) per-phase limit for the plan, A
     plim_kw: FloatArray  # (N, B) power limit for the plan, kW (inf = none)
@@ -132,6 +134,10 @@ def _model(site: PlanningSite, inputs: PlanInputs, blocks: tuple[int, ...]) -> _
         min_kwh=minimum,
         c_imp=(avg @ inputs.price_import_eur_kwh) * dt_h,
         c_exp=(avg @ inputs.price_export_eur_kwh) * dt_h,
+        c_p=np.zeros((s_n, b_n))
+        if inputs.slot_cost_eur_kwh is None
+        else (avg @ inputs.slot_cost_eur_kwh.T).T * dt_h[None, :],
+        reserve_kw=min(inputs.peak_reserve_w, inputs.peak_reached_w) / 1000.0,
         net_kw=net.T,
         lim_a=lim_b,
         plim_kw=plim_b,
@@ -179,6 +185,7 @@ def lp_reference(
         "imp": b_n,
         "exp": b_n,
         "peak": 1,
+        "reserve": 1,
         "short": s_n,
         "short_min": s_n,
     }
@@ -188,18 +195,25 @@ def lp_reference(
         n_cols += width
 
     def col(name: str, i: int = 0, b: int = 0) -> int:
-        return off[name] + i * (b_n if name in ("p", "ch", "dis", "soc") else 1) + (b if name != "peak" else 0)
+        return (
+            off[name]
+            + i * (b_n if name in ("p", "ch", "dis", "soc") else 1)
+            + (b if name not in ("peak", "reserve") else 0)
+        )
 
     c = np.zeros(n_cols)
     c[off["imp"] : off["imp"] + b_n] = m.c_imp
     c[off["exp"] : off["exp"] + b_n] = -m.c_exp
     c[off["peak"]] = inputs.peak_tariff_eur_kw
+    c[off["reserve"]] = inputs.peak_reserve_eur_kw
+    c[off["p"] : off["p"] + s_n * b_n] = m.c_p.ravel()
     c[off["short"] : off["short"] + s_n] = pen.shortfall_eur_kwh * inputs.priority
     c[off["short_min"] : off["short_min"] + s_n] = pen.minimum_eur_kwh
 
     lo = np.zeros(n_cols)
     hi = np.full(n_cols, np.inf)
     hi[off["p"] : off["p"] + s_n * b_n] = m.upper_kw.ravel()
+    hi[off["reserve"]] = m.reserve_kw
     for k, bat in enumerate(site.batteries):
         hi[col("ch", k) : col("ch", k) + b_n] = bat.max_charge_w / 1000.0
         hi[col("dis", k) : col("dis", k) + b_n] = bat.max_discharge_w / 1000.0
@@ -269,7 +283,10 @@ def lp_reference(
         for k in range(k_n):
             entries += [(col("ch", k, b), -1.0), (col("dis", k, b), 1.0)]
         eq(entries, float(site_load[b]))
-        ub([(col("imp", 0, b), 1.0), (col("peak"), -1.0)], float(inputs.peak_reached_w) / 1000.0)
+        ub(
+            [(col("imp", 0, b), 1.0), (col("peak"), -1.0), (col("reserve"), -1.0)],
+            float(inputs.peak_reached_w) / 1000.0 - m.reserve_kw,
+        )
 
     # Battery energy.
     for k, bat in enumerate(site.batteries):
@@ -327,9 +344,12 @@ def replay_objective(
     delivered = p_kw @ m.dt_h
     short = np.maximum(m.energy_kwh - delivered, 0.0)
     short_min = np.maximum(m.min_kwh - delivered, 0.0)
-    peak = max(float(imp.max(initial=0.0)) - float(inputs.peak_reached_w) / 1000.0, 0.0)
+    peak0_kw = float(inputs.peak_reached_w) / 1000.0
+    peak = max(float(imp.max(initial=0.0)) - peak0_kw, 0.0)
+    reserve = min(max(float(imp.max(initial=0.0)) - (peak0_kw - m.reserve_kw), 0.0), m.reserve_kw)
     energy_cost = float(m.c_imp @ imp - m.c_exp @ exp)
-    peak_cost = float(inputs.peak_tariff_eur_kw) * peak
+    slot_cost = float((m.c_p * p_kw).sum())
+    peak_cost = float(inputs.peak_tariff_eur_kw) * peak + float(inputs.peak_reserve_eur_kw) * reserve
     shortfall = float(pen.shortfall_eur_kwh * (inputs.priority @ short) + pen.minimum_eur_kwh * short_min.sum())
     # Worst excess over the limits the LP enforces.
     excess_a = 0.0
@@ -351,9 +371,10 @@ def replay_objective(
             total = p_kw[list(node.connectors)].sum(axis=0) + bat_sum + load_kw
             excess_kw = max(excess_kw, float(np.where(np.isfinite(m.plim_kw[n]), total - m.plim_kw[n], -np.inf).max()))
     return {
-        "objective_eur": energy_cost + peak_cost + shortfall,
+        "objective_eur": energy_cost + peak_cost + slot_cost + shortfall,
         "energy_cost": energy_cost,
         "peak_cost": peak_cost,
+        "slot_cost": slot_cost,
         "shortfall_penalty": shortfall,
         "max_excess_a": excess_a,
         "max_excess_kw": excess_kw,

@@ -102,17 +102,22 @@ ROUND_UP_FROM_A = 3.0
 MPC_PRIORITY = 5.0
 """Weight of every session's shortfall in the MPC's plan (x 2 EUR/kWh): a missed kWh outweighs the kW of
 peak it would take (3 EUR/kW), which the MPC, seeing only the month so far, would otherwise save."""
-DEPARTURE_MARGIN_S = 3600.0
-"""The MPC plans each session to be done this long before the driver's estimated departure (until it has
-learned the margin from completed sessions, see DEPARTURE_QUANTILE)."""
-DEPARTURE_QUANTILE = 0.9
-"""Once MARGIN_MIN_SESSIONS sessions have left, the margin is this quantile of (estimate - actual departure)."""
-MARGIN_MIN_SESSIONS = 30
-MARGIN_MAX_S = 3.0 * 3600.0
-"""The learned margin is kept within [-this, this]."""
-EARLY_EUR_KWH_H = 0.01
-"""The MPC plans with the import price raised by this per hour ahead: of two nearly equal prices it takes the
-earlier, as a driver may leave before the estimate (measurements in docs/evaluate.md)."""
+DEPARTURE_PRIOR_S = (-3600.0, 0.0, 3600.0)
+"""Departure errors (actual - the driver's estimate) the MPC assumes until DEPARTURE_MIN_SESSIONS have left."""
+DEPARTURE_MIN_SESSIONS = 30
+"""Completed sessions before the learned departure errors replace the prior (and per estimated-stay class)."""
+STAY_CLASSES_H = (2.0, 4.0, 6.0, 8.0)
+"""Bounds of the estimated-stay classes whose departure errors are learned apart (docs/evaluate.md)."""
+DEPARTURE_WINDOW_QUANTILE = 0.9
+"""The MPC's window for a session ends at this quantile of its departure (given it is still plugged in)."""
+DEPARTURE_RISK_EUR_KWH = 10.0
+"""Each kWh the MPC plans for a session in a step costs this x the probability that the EV has left by then:
+the expected value of the energy it would not get (docs/evaluate.md, *Departure risk*)."""
+PEAK_RESERVE_SHARE = 0.2
+"""The top this share of the month's peak is held back for EVs yet to arrive (PlanInputs.peak_reserve_w)."""
+PEAK_RESERVE_EUR_KW = 0.5
+"""Price of using that reserve in a plan, EUR/kW: a sixth of the tariff, so energy the EVs need buys it (at up to
+10 EUR/kWh) and a price difference of cents does not (docs/evaluate.md)."""
 PUBLISH_HOUR_LOCAL = 13
 """Day-ahead prices of the next day are known from this local hour (EPEX auction at 12:00 CET)."""
 LOAD_HISTORY_DAYS = 28
@@ -623,20 +628,7 @@ class _Mpc:
         self.probed: set[int] = set()
         self.tz = zoneinfo.ZoneInfo(TZ)
         self.prices = world.import_eur_kwh
-        self.margin_fit_step = -1
-        self.margin_s = DEPARTURE_MARGIN_S
-
-    def _learn_margin(self, k: int) -> None:
-        """Once per step: the departure margin from the sessions that have left before tick ``k``."""
-        step = k // TICKS_PER_STEP
-        if step == self.margin_fit_step:
-            return
-        self.margin_fit_step = step
-        w = self.world
-        done = [s for s in w.history_sessions + w.sessions if s.depart_tick <= k]
-        if len(done) >= MARGIN_MIN_SESSIONS:
-            early = np.array([s.estimate_s - (w.start_s + s.depart_tick * TICK_S) for s in done])
-            self.margin_s = float(np.clip(np.quantile(early, DEPARTURE_QUANTILE), -MARGIN_MAX_S, MARGIN_MAX_S))
+        self.departures = _DepartureModel(world)
 
     def observe(self, physics: _Physics, setpoints_a: FloatArray) -> None:
         """Telemetry: an EV drawing clearly less than its setpoint shows its own maximum."""
@@ -667,26 +659,27 @@ class _Mpc:
         energy = np.zeros(s_n)
         departure = np.zeros(s_n, dtype=np.int64)
         max_w = np.full(s_n, CONNECTOR_MAX_A * VOLTAGE_V)
-        self._learn_margin(k)
+        slot_cost = np.zeros((s_n, HORIZON_STEPS))
+        self.departures.learn(k)
         for i, slot in enumerate(self.slot_of_planning):
             j = int(physics.session_at[slot])
             if j < 0:
                 continue
             s = w.sessions[j]
-            leave_s = max(s.estimate_s - self.margin_s, t + STEP_S)
-            dep = math.ceil((leave_s - t) / STEP_S - 1e-9)
+            leave_s, gone = self.departures.outlook(s, t)
+            dep = math.ceil((max(leave_s, t + STEP_S) - t) / STEP_S - 1e-9)
             departure[i] = dep
             present[i, : min(dep, HORIZON_STEPS)] = True
+            slot_cost[i] = DEPARTURE_RISK_EUR_KWH * gone
             energy[i] = max(0.0, float(physics.remaining_wh[slot]))
             max_w[i] = self.observed_cap_a.get(j, CONNECTOR_MAX_A) * VOLTAGE_V
         load = self.forecaster.fit(self.history, t).predict(t, HORIZON_STEPS)
         price = self._prices(step, t)
-        plan_price = price + EARLY_EUR_KWH_H * np.arange(HORIZON_STEPS) * STEP_S / 3600.0
         inputs = PlanInputs(
             start=datetime.fromtimestamp(t, UTC),
             step_s=float(STEP_S),
-            price_import_eur_kwh=plan_price,
-            price_export_eur_kwh=plan_price - 0.04,
+            price_import_eur_kwh=price,
+            price_export_eur_kwh=price - 0.04,
             present=present,
             session_max_power_w=max_w,
             energy_wh=energy,
@@ -698,6 +691,9 @@ class _Mpc:
             pv_w=np.zeros((1, HORIZON_STEPS)),
             peak_tariff_eur_kw=PEAK_TARIFF_EUR_KW,
             peak_reached_w=peak_reached_w,
+            peak_reserve_w=PEAK_RESERVE_SHARE * peak_reached_w,
+            peak_reserve_eur_kw=PEAK_RESERVE_EUR_KW,
+            slot_cost_eur_kwh=slot_cost,
         )
         started = time.perf_counter()
         if self.problem is not None:
@@ -717,6 +713,60 @@ class _Mpc:
                 target_a = max(target_a, SMALL_EV_A + 1.0)
             targets[planning.connectors[i].id] = target_a
         return targets, elapsed
+
+
+class _DepartureModel:
+    """When a plugged-in EV leaves, learned from the sessions that have left (what the cloud sees).
+
+    The error of the driver's estimate (actual - estimated departure) is learned per estimated-stay class
+    (:data:`STAY_CLASSES_H`; a class with fewer than DEPARTURE_MIN_SESSIONS sessions uses all of them).
+    For an EV still plugged in at ``t`` only the errors it has not yet passed count (its departure is
+    later than ``t``).
+    """
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.fit_step = -1
+        self.errors: dict[int, FloatArray] = {}
+        self.all_errors = np.sort(np.asarray(DEPARTURE_PRIOR_S, dtype=np.float64))
+        self.mid_s = (np.arange(HORIZON_STEPS) + 0.5) * STEP_S
+
+    @staticmethod
+    def _stay_class(s: EvalSession, start_s: float) -> int:
+        stay_h = (s.estimate_s - (start_s + s.arrive_tick * TICK_S)) / 3600.0
+        return int(np.searchsorted(STAY_CLASSES_H, stay_h, side="right"))
+
+    def learn(self, k: int) -> None:
+        """Once per step: the errors of the sessions that have left before tick ``k``."""
+        step = k // TICKS_PER_STEP
+        if step == self.fit_step:
+            return
+        self.fit_step = step
+        w = self.world
+        done = [s for s in w.history_sessions + w.sessions if s.depart_tick <= k]
+        if len(done) < DEPARTURE_MIN_SESSIONS:
+            return
+        err = np.array([w.start_s + s.depart_tick * TICK_S - s.estimate_s for s in done])
+        cls = np.array([self._stay_class(s, w.start_s) for s in done])
+        self.all_errors = np.sort(err)
+        self.errors = {
+            c: np.sort(err[cls == c])
+            for c in range(len(STAY_CLASSES_H) + 1)
+            if (cls == c).sum() >= DEPARTURE_MIN_SESSIONS
+        }
+
+    def outlook(self, s: EvalSession, t: float) -> tuple[float, FloatArray]:
+        """The end of the planning window (epoch s) and, per plan step from ``t``, the probability that the EV
+        has left by the middle of the step."""
+        errors = self.errors.get(self._stay_class(s, self.world.start_s), self.all_errors)
+        later = errors[errors > t - s.estimate_s]
+        if len(later) < 5:
+            # Beyond what history shows: assume it leaves within the next hour or two.
+            later = t - s.estimate_s + np.array([900.0, 1800.0, 3600.0, 5400.0, 7200.0])
+        leave = s.estimate_s + later
+        window_end = float(np.quantile(leave, DEPARTURE_WINDOW_QUANTILE))
+        gone = np.searchsorted(leave, t + self.mid_s, side="right") / len(leave)
+        return window_end, gone.astype(np.float64)
 
 
 @dataclass(frozen=True, slots=True)

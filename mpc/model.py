@@ -479,6 +479,15 @@ class PlanInputs:
     """Capacity tariff charged on the highest import of the billing period, EUR/kW."""
     peak_reached_w: float = 0.0
     """Highest import already reached this billing period, W: only import above it costs peak tariff."""
+    peak_reserve_w: float = 0.0
+    """Headroom held back under ``peak_reached_w`` for load the plan cannot see (EVs yet to arrive), W:
+    import between ``peak_reached_w - this`` and ``peak_reached_w`` costs ``peak_reserve_eur_kw`` per kW
+    (capped at ``peak_reached_w``)."""
+    peak_reserve_eur_kw: float = 0.0
+    """Price of using the reserve, EUR/kW, at most ``peak_tariff_eur_kw``."""
+    slot_cost_eur_kwh: FloatArray | None = None
+    """(S, T) cost per kWh delivered to the slot in the step on top of the energy price, EUR/kWh, e.g. the
+    risk that the EV has left by then (``docs/mpc.md``); default: none."""
     battery_end_soc_pct: FloatArray | None = None
     """(K,) lowest SoC at the end of the horizon, %; default: the starting SoC (no net draining)."""
 
@@ -550,7 +559,8 @@ class PlanSolution:
     """(N, B) how far forecast uncontrolled load forces a node over its limits, W (normally all 0)."""
     objective_eur: float
     objective_split: dict[str, float] = field(default_factory=dict)
-    """``energy_cost``, ``peak_cost``, ``shortfall_penalty``, ``limit_penalty``, ``regulariser`` (EUR)."""
+    """``energy_cost``, ``peak_cost`` (with the reserve used), ``slot_cost``, ``shortfall_penalty``,
+    ``regulariser`` (EUR)."""
     status: str = ""
     solve_s: float = 0.0
     """Wall time of ``solve`` (parameters, solver, unpacking), s."""

@@ -131,6 +131,8 @@ class _Derived:
     excess_w: FloatArray
     forced_peak_kw: float
     """New peak no plan can avoid (forecast load alone), taken out of the QP's peak variable."""
+    forced_reserve_kw: float
+    """Reserve no plan can avoid using, taken out of the QP's reserve variable."""
 
 
 # Status names of OSQP 1.x (``info.status``) that count as a usable plan.
@@ -252,6 +254,7 @@ class ChargePlanProblem:
         self.imp = cp.Variable(b_n, name="import_kw")
         self.exp = cp.Variable(b_n, name="export_kw")
         self.peak = cp.Variable(name="new_peak_kw")
+        self.reserve = cp.Variable(name="reserve_used_kw")
         # Shortfalls in EUR at the tier's price (kWh x price), so the cost of a shortfall is its value.
         self.short = cp.Variable(s_n, name="shortfall_eur")
         self.short_min = cp.Variable(s_n, name="min_shortfall_eur")
@@ -275,6 +278,9 @@ class ChargePlanProblem:
         self.par_c_exp = cp.Parameter(b_n, name="export_eur_kw_block")
         self.par_tariff = cp.Parameter(name="peak_tariff_eur_kw", nonneg=True)
         self.par_peak0 = cp.Parameter(name="peak_reached_kw", nonneg=True)
+        self.par_reserve = cp.Parameter(name="peak_reserve_kw", nonneg=True)
+        self.par_reserve_price = cp.Parameter(name="peak_reserve_eur_kw", nonneg=True)
+        self.par_c_p = cp.Parameter(s_n * b_n, name="slot_eur_kw_block")
         self.par_e0 = cp.Parameter(k_n, name="stored_start_kwh", nonneg=True) if k_n else None
         self.par_e_end = cp.Parameter(k_n, name="stored_end_min_kwh", nonneg=True) if k_n else None
 
@@ -293,7 +299,9 @@ class ChargePlanProblem:
             self.imp >= 0,
             self.exp >= 0,
             self.peak >= 0,
-            self.imp - self.peak <= self.par_peak0,
+            self.reserve >= 0,
+            self.reserve <= self.par_reserve,
+            self.imp - self.peak - self.reserve <= self.par_peak0,
         ]
         balance = flow_out @ f - kron(self.share) @ p
         if k_n:
@@ -347,8 +355,14 @@ class ChargePlanProblem:
             self.par_c_imp @ self.imp
             - self.par_c_exp @ self.exp
             + self.par_tariff * self.peak
+            + self.par_reserve_price * self.reserve
             + self.par_priority @ self.short
             + np.ones(s_n) @ self.short_min
+            # Last: cvxpy numbers the variables in order of appearance, and this keeps the slot powers
+            # after the shortfalls as before the slot costs were added (one degenerate test plan, a
+            # forecast load above its node's limit, took OSQP 7 400 iterations in that order and did not
+            # converge in 10 000 in the other).
+            + self.par_c_p @ p
         )
         quad = quad_form(p, sp.diags_array(reg_p), assume_PSD=True)
         if k_n:
@@ -386,6 +400,7 @@ class ChargePlanProblem:
             # and the evaluation plaza, docs/mpc.md); for both shortfall tiers the value, at the requested
             # tier's price, of 6 minutes of the slot at full power.
             self.peak.id: PEAK_UNIT * root_kw,
+            self.reserve.id: PEAK_UNIT * root_kw,
             self.short.id: SHORTFALL_UNIT_H * max(pen.shortfall_eur_kwh, 1e-3) * pmax,
             self.short_min.id: SHORTFALL_UNIT_H * max(pen.shortfall_eur_kwh, 1e-3) * pmax,
         }
@@ -500,17 +515,26 @@ class ChargePlanProblem:
         self.par_c_imp.value = (avg @ inputs.price_import_eur_kwh) * self.dt_h
         self.par_c_exp.value = (avg @ inputs.price_export_eur_kwh) * self.dt_h
         self.par_tariff.value = float(inputs.peak_tariff_eur_kw)
+        self.par_reserve_price.value = float(inputs.peak_reserve_eur_kw)
+        slot_cost = np.zeros((s_n, t_n)) if inputs.slot_cost_eur_kwh is None else inputs.slot_cost_eur_kwh
+        self.par_c_p.value = ((avg @ slot_cost.T).T * self.dt_h[None, :]).ravel()
         # Import in a block is at least the forecast net load less every battery at full discharge (EVs
         # only add), so the new peak is at least the highest such floor above the peak reached. That part
         # is a constant: the QP starts its peak from there. Left in the QP, a peak set by the forecast
         # load puts the whole tariff (3 EUR/kW, ~100x a block's energy price) on the dual of one or two
         # epigraph rows, and OSQP oscillated for 10 000 iterations on plans with no EV at all
         # (docs/mpc.md, "Tight connection").
+        # The reserve below the peak reached is priced the same way: what the floor forces of it is a
+        # constant too.
         peak0_kw = float(inputs.peak_reached_w) / 1000.0
+        reserve_kw = min(float(inputs.peak_reserve_w) / 1000.0, peak0_kw)
         discharge_kw = sum(b.max_discharge_w for b in site.batteries) / 1000.0
         floor_kw = float(np.max(net_b.sum(axis=0) - discharge_kw, initial=0.0))
+        level_kw = max(peak0_kw - reserve_kw, floor_kw)
         forced_peak_kw = max(floor_kw - peak0_kw, 0.0)
-        self.par_peak0.value = peak0_kw + forced_peak_kw
+        forced_reserve_kw = min(max(floor_kw - (peak0_kw - reserve_kw), 0.0), reserve_kw)
+        self.par_peak0.value = level_kw
+        self.par_reserve.value = max(peak0_kw - level_kw, 0.0)
 
         e0 = np.zeros(k_n)
         if k_n:
@@ -533,6 +557,7 @@ class ChargePlanProblem:
             e0_kwh=e0,
             excess_w=excess_w,
             forced_peak_kw=forced_peak_kw,
+            forced_reserve_kw=forced_reserve_kw,
         )
 
     def _block_min(self, values: FloatArray) -> FloatArray:
@@ -603,6 +628,7 @@ class ChargePlanProblem:
         imp = np.clip(val(self.imp, (b_n,)), 0.0, None)
         exp = np.clip(val(self.exp, (b_n,)), 0.0, None)
         peak_new = max(float(val(self.peak, ()).item()), 0.0) + derived.forced_peak_kw
+        reserve_used = max(float(val(self.reserve, ()).item()), 0.0) + derived.forced_reserve_kw
         stored = val(self.soc, (k_n, b_n))
         delivered_kwh = p_kw @ dt
         shortfall = np.maximum(derived.energy_kwh - delivered_kwh, 0.0)
@@ -623,7 +649,8 @@ class ChargePlanProblem:
         c_exp = np.asarray(self.par_c_exp.value)
         pen = self.penalties
         energy_cost = float(c_imp @ imp - c_exp @ exp)
-        peak_cost = float(inputs.peak_tariff_eur_kw) * peak_new
+        peak_cost = float(inputs.peak_tariff_eur_kw) * peak_new + float(inputs.peak_reserve_eur_kw) * reserve_used
+        slot_cost = float(np.asarray(self.par_c_p.value) @ p_kw.ravel())
         shortfall_pen = float(
             pen.shortfall_eur_kwh * (inputs.priority @ shortfall) + pen.minimum_eur_kwh * min_short.sum()
         )
@@ -633,6 +660,7 @@ class ChargePlanProblem:
         split = {
             "energy_cost": energy_cost,
             "peak_cost": peak_cost,
+            "slot_cost": slot_cost,
             "shortfall_penalty": shortfall_pen,
             "regulariser": reg,
         }
@@ -686,10 +714,11 @@ def _check_inputs(inputs: PlanInputs, *, s_n: int, t_n: int, n_n: int, k_n: int,
         "node_limit_a": (n_n, t_n),
         "node_power_limit_w": (n_n, t_n),
         "battery_end_soc_pct": (k_n,),
+        "slot_cost_eur_kwh": (s_n, t_n),
     }
     for name, shape in shapes.items():
         value = getattr(inputs, name)
-        if value is None and name in ("node_limit_a", "node_power_limit_w", "battery_end_soc_pct"):
+        if value is None and name in ("node_limit_a", "node_power_limit_w", "battery_end_soc_pct", "slot_cost_eur_kwh"):
             continue
         if not isinstance(value, np.ndarray):
             raise MpcError(f"PlanInputs.{name}: expected a numpy array of shape {shape}, got {type(value).__name__}")
@@ -737,10 +766,15 @@ def _check_inputs(inputs: PlanInputs, *, s_n: int, t_n: int, n_n: int, k_n: int,
             f"PlanInputs.price_export_eur_kwh: exceeds the import price at step {t} "
             "(import and export at once would pay; not modelled)"
         )
-    for name in ("peak_tariff_eur_kw", "peak_reached_w"):
+    for name in ("peak_tariff_eur_kw", "peak_reached_w", "peak_reserve_w", "peak_reserve_eur_kw"):
         value = float(getattr(inputs, name))
         if not (math.isfinite(value) and value >= 0.0):
             raise MpcError(f"PlanInputs.{name}: {value} must be finite and >= 0")
+    if inputs.peak_reserve_eur_kw > inputs.peak_tariff_eur_kw:
+        raise MpcError(
+            f"PlanInputs.peak_reserve_eur_kw: {inputs.peak_reserve_eur_kw} exceeds the peak tariff "
+            f"{inputs.peak_tariff_eur_kw} (the reserve lies below the peak reached)"
+        )
 
 
 class _Osqp:

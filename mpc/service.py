@@ -99,6 +99,10 @@ class OptimizerConfig(_Model):
     import_adder_eur_kwh: Annotated[float, Field(ge=0, le=10)] = 0.03
     export_deduction_eur_kwh: Annotated[float, Field(ge=0, le=10)] = 0.01
     peak_tariff_eur_kw: Annotated[float, Field(ge=0, le=1000)] = 0.0
+    peak_reserve_share: Annotated[float, Field(ge=0, le=0.9)] = 0.2
+    """The top this share of the month's peak import is held back for EVs yet to arrive."""
+    peak_reserve_eur_kw: Annotated[float, Field(ge=0, le=1000)] | None = None
+    """Price of using that reserve, EUR/kW (at most the tariff); default: the tariff."""
     default_energy_wh: Annotated[float, Field(ge=0, le=1e6)] = 20_000.0
     default_dwell_h: Annotated[float, Field(gt=0, le=168)] = 4.0
     max_snapshot_age_s: PositiveS = 600.0
@@ -124,6 +128,8 @@ class OptimizerConfig(_Model):
             horizon_h=self.horizon_h,
             step_min=self.step_min,
             peak_tariff_eur_kw=self.peak_tariff_eur_kw,
+            peak_reserve_share=self.peak_reserve_share,
+            peak_reserve_eur_kw=self.peak_reserve_eur_kw,
             import_adder_eur_kwh=self.import_adder_eur_kwh,
             export_deduction_eur_kwh=self.export_deduction_eur_kwh,
             default_energy_wh=self.default_energy_wh,

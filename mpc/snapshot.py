@@ -78,6 +78,10 @@ class PlanSettings:
     horizon_h: float = 24.0
     step_min: int = 15
     peak_tariff_eur_kw: float = 0.0
+    peak_reserve_share: float = 0.0
+    """The top this share of the month's peak is held back for EVs yet to arrive (``PlanInputs.peak_reserve_w``)."""
+    peak_reserve_eur_kw: float | None = None
+    """Price of using that reserve, EUR/kW; None: the peak tariff."""
     import_adder_eur_kwh: float = 0.03
     export_deduction_eur_kwh: float = 0.01
     default_energy_wh: float = 20_000.0
@@ -323,6 +327,7 @@ def plan_inputs(
     node_limit_a, node_power_w = _limit_overrides(snapshot, site, start_ts, step_s, n)
     price = _prices_eur_kwh(snapshot, settings, prices, start, n)
     peak = state["peak_import_w"]
+    peak_w = 0.0 if peak is None else float(peak)
     return PlanInputs(
         start=start,
         step_s=float(step_s),
@@ -340,7 +345,12 @@ def plan_inputs(
         node_limit_a=node_limit_a,
         node_power_limit_w=node_power_w,
         peak_tariff_eur_kw=settings.peak_tariff_eur_kw,
-        peak_reached_w=0.0 if peak is None else float(peak),
+        peak_reached_w=peak_w,
+        peak_reserve_w=settings.peak_reserve_share * peak_w,
+        peak_reserve_eur_kw=min(
+            settings.peak_tariff_eur_kw if settings.peak_reserve_eur_kw is None else settings.peak_reserve_eur_kw,
+            settings.peak_tariff_eur_kw,
+        ),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import date
 from typing import Any
@@ -45,13 +46,13 @@ def test_offline_optimum_is_a_lower_bound_of_what_the_mpc_achieves(result: dict[
 
 def test_mpc_beats_fallback_and_uncontrolled_on_the_objective(result: dict[str, Any]) -> None:
     runs = result["strategies"]
-    # On these two days the MPC delivers about 5 points more than the fallback, at a higher bill and
-    # peak, so the bills alone do not compare: the objective prices the energy not delivered.
+    # On these two days the MPC delivers about 3 points more than the fallback, at a lower bill and peak
+    # (2026-12-02: 97.4 against 94.0 %, 414 against 429 EUR, 63.9 against 70.0 kW).
     assert runs["mpc"]["energy_delivered_kwh"] > runs["fallback"]["energy_delivered_kwh"]
     for other in ("fallback", "uncontrolled"):
         assert runs["mpc"]["objective_eur"] < runs[other]["objective_eur"], other
-    assert runs["mpc"]["cost_eur"] < runs["uncontrolled"]["cost_eur"]
-    assert runs["mpc"]["peak_kw"] < runs["uncontrolled"]["peak_kw"]
+        assert runs["mpc"]["cost_eur"] < runs[other]["cost_eur"], other
+        assert runs["mpc"]["peak_kw"] < runs[other]["peak_kw"], other
     assert runs["mpc"]["solves"] >= 2 * ev.STEPS_PER_DAY
     assert runs["mpc"]["solve_failures"] == 0
 
@@ -137,3 +138,46 @@ def test_cli_json_has_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
         ):
             assert key in run
     assert {"cost_ratio", "energy_ratio"} <= set(out["mpc_vs_offline"])
+
+
+def test_departure_model_learns_the_drivers_error_and_conditions_on_the_ev_still_being_there(
+    world: ev.World,
+) -> None:
+    def step_of(hours: float) -> int:
+        """The plan step (15 min from the outlook's time) that many hours on."""
+        return int(hours * 4)
+
+    def session(arrive_tick: int, stay_est_h: float, error_h: float) -> ev.EvalSession:
+        estimate_s = world.start_s + arrive_tick * ev.TICK_S + stay_est_h * 3600.0
+        depart_tick = arrive_tick + round((stay_est_h + error_h) * 60)
+        return ev.EvalSession(
+            id=f"h{arrive_tick}",
+            slot=-1,
+            arrive_tick=arrive_tick,
+            depart_tick=depart_tick,
+            estimate_s=estimate_s,
+            requested_wh=10_000.0,
+            max_a=32.0,
+            deliverable_wh=10_000.0,
+        )
+
+    # 40 earlier 3-hour estimates whose drivers left 0.0 .. 3.9 h after them; 40 long ones left on time.
+    history = tuple(session(-10_000 + 60 * i, 3.0, 0.1 * i) for i in range(40))
+    history += tuple(session(-5_000 + 60 * i, 9.0, 0.0) for i in range(40))
+    model = ev._DepartureModel(dataclasses.replace(world, history_sessions=history, sessions=()))
+    model.learn(0)
+    now = session(0, 3.0, 0.0)
+    t0 = world.start_s
+    window_end, gone = model.outlook(now, t0)
+    # Its class (2-4 h estimates) learned the late departures; the 9 h ones do not dilute them.
+    assert window_end - now.estimate_s == pytest.approx(0.9 * 3.9 * 3600.0, abs=400.0)
+    assert gone[step_of(2.9)] == 0.0
+    assert gone[step_of(4.0)] == pytest.approx(0.25, abs=0.05)  # 1 h after the estimate: a quarter gone
+    # Still plugged in 2 h after its estimate: only the later departures remain possible.
+    later_end, later_gone = model.outlook(now, now.estimate_s + 2 * 3600.0)
+    assert later_gone[0] < 0.1
+    assert later_gone[step_of(1.0)] == pytest.approx(0.5, abs=0.1)
+    assert later_end - now.estimate_s == pytest.approx((2.1 + 0.9 * 1.8) * 3600.0, abs=400.0)
+    # Beyond all it has seen it assumes a departure within the next two hours.
+    _, overdue = model.outlook(now, now.estimate_s + 6 * 3600.0)
+    assert overdue[step_of(2.0)] == 1.0

@@ -391,6 +391,71 @@ def test_peak_tariff_spreads_the_load_and_only_charges_new_peak() -> None:
     assert plan.objective_split["peak_cost"] == pytest.approx(5.0 * 6.0, rel=2e-2)
 
 
+def test_peak_reserve_is_used_for_energy_the_evs_need_not_for_a_cheaper_hour() -> None:
+    site = two_level_site([ac3(f"c{i}") for i in range(4)])
+    price = np.full(16, 0.20)
+    price[8:12] = 0.10  # a cheap hour: bunching all four EVs into it would pay 0.10 EUR/kWh
+    base = inputs_for(site, 16, price=price, energy_kwh=[8.0] * 4, present=[(0, 16)] * 4)
+    free = dataclasses.replace(base, peak_tariff_eur_kw=3.0, peak_reached_w=40_000.0)
+    plan = ChargePlanProblem(site, horizon_h=4).solve(free)
+    assert plan.grid_import_w[8:12].max() > 30_000.0  # the month's peak is free: the cheap hour is filled
+    reserved = dataclasses.replace(free, peak_reserve_w=30_000.0, peak_reserve_eur_kw=3.0)
+    problem = ChargePlanProblem(site, horizon_h=4)
+    plan = problem.solve(reserved)
+    # 32 kWh over 4 h is 8 kW flat: only 10 kW is free, and 2 EUR/kW of reserve outweighs the 1 EUR the
+    # cheap hour would save on 10 kWh.
+    assert plan.grid_import_w.max() < 10_300.0
+    assert plan.delivered_wh.sum() == pytest.approx(32_000.0, rel=1e-3)
+    assert plan.objective_split["peak_cost"] == pytest.approx(0.0, abs=0.5)
+    # Energy the EVs need buys the reserve: 32 kWh in the first 2 h takes 16 kW, 6 kW into the reserve.
+    short = dataclasses.replace(reserved, present=np.tile(np.arange(16) < 8, (4, 1)), departure_step=np.full(4, 8))
+    plan = problem.solve(short)
+    assert plan.delivered_wh.sum() == pytest.approx(32_000.0, rel=1e-3)
+    assert plan.grid_import_w.max() == pytest.approx(16_000.0, rel=2e-2)
+    assert plan.objective_split["peak_cost"] == pytest.approx(3.0 * 6.0, rel=3e-2)
+    # The LP reference models the reserve the same way.
+    ref = bench.lp_reference(site, short, problem.blocks, problem.penalties)
+    replay = bench.replay_objective(site, short, problem.blocks, plan, problem.penalties)
+    assert replay["objective_eur"] == pytest.approx(ref.objective_eur, rel=5e-3)
+
+
+def test_slot_cost_moves_a_sessions_energy_earlier_and_the_lp_agrees() -> None:
+    site = two_level_site([ac3("early"), ac3("late")])
+    price = np.linspace(0.30, 0.10, 16)  # later is cheaper
+    inputs = inputs_for(site, 16, price=price, energy_kwh=[11.0, 11.0])
+    problem = ChargePlanProblem(site, horizon_h=4)
+    plan = problem.solve(inputs)
+    assert plan.power_w[0, :8].sum() * 0.25 < 500.0  # both wait for the cheap end
+    risk = np.zeros((2, 16))
+    risk[0] = np.linspace(0.0, 1.5, 16)  # the first EV is likely gone later: its late kWh cost more
+    costed = dataclasses.replace(inputs, slot_cost_eur_kwh=risk)
+    plan = problem.solve(costed)
+    # The first EV is done in the first two hours (at full power, 11 kW, it takes one), the second at
+    # the cheap end.
+    assert plan.power_w[0, :8].sum() * 0.25 == pytest.approx(11_000.0, rel=1e-2)
+    assert plan.power_w[1, 8:].sum() * 0.25 == pytest.approx(11_000.0, rel=1e-2)
+    assert plan.objective_split["slot_cost"] > 0.0
+    ref = bench.lp_reference(site, costed, problem.blocks, problem.penalties)
+    replay = bench.replay_objective(site, costed, problem.blocks, plan, problem.penalties)
+    assert replay["objective_eur"] == pytest.approx(ref.objective_eur, rel=5e-3)
+    linear = plan.objective_eur - plan.objective_split["regulariser"]
+    assert linear == pytest.approx(replay["objective_eur"], rel=5e-3)
+
+
+def test_bad_reserve_and_slot_cost_inputs_are_refused_by_name() -> None:
+    site = two_level_site([ac3("a")])
+    inputs = inputs_for(site, 8)
+    problem = ChargePlanProblem(site, horizon_h=2)
+    with pytest.raises(MpcError, match="peak_reserve_eur_kw"):
+        problem.solve(dataclasses.replace(inputs, peak_tariff_eur_kw=1.0, peak_reserve_eur_kw=2.0))
+    with pytest.raises(MpcError, match="peak_reserve_w"):
+        problem.solve(dataclasses.replace(inputs, peak_reserve_w=-1.0))
+    with pytest.raises(MpcError, match=r"slot_cost_eur_kwh: shape \(1, 4\)"):
+        problem.solve(dataclasses.replace(inputs, slot_cost_eur_kwh=np.zeros((1, 4))))
+    with pytest.raises(MpcError, match="slot_cost_eur_kwh: non-finite"):
+        problem.solve(dataclasses.replace(inputs, slot_cost_eur_kwh=np.full((1, 8), np.nan)))
+
+
 # --------------------------------------------------------------------------------------------------
 # Solving
 # --------------------------------------------------------------------------------------------------

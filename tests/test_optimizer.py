@@ -123,7 +123,14 @@ def test_sessions_become_presence_energy_and_priority_on_the_step_grid() -> None
     assert inputs.present[dc].tolist() == [True] + [False] * 15
     assert not inputs.present[ids.index("cp1-2")].any()
     assert inputs.peak_reached_w == 30_000.0
+    assert inputs.peak_reserve_w == 0.0  # SETTINGS hold back no reserve
     np.testing.assert_allclose(inputs.load_w, 2000.0)
+    reserved = replace(SETTINGS, peak_tariff_eur_kw=3.0, peak_reserve_share=0.2)
+    inputs = plan_inputs(snapshot, plan_site, reserved, None)
+    assert inputs.peak_reserve_w == pytest.approx(6_000.0)
+    assert inputs.peak_reserve_eur_kw == 3.0  # default: the tariff
+    cheap = replace(reserved, peak_reserve_eur_kw=0.5)
+    assert plan_inputs(snapshot, plan_site, cheap, None).peak_reserve_eur_kw == 0.5
 
 
 def test_dso_stage_and_remote_limits_become_limit_overrides() -> None:
