@@ -61,29 +61,17 @@ def _key(path: Path) -> Path:
     return path
 
 
-def _ca(directory: Path, name: str, common_name: str, days: int) -> KeyPair:
-    key = _key(directory / f"{name}.key")
-    cert = directory / f"{name}.pem"
-    ext = directory / f"{name}.ext"
-    ext.write_text(CA_EXT, encoding="ascii")
-    csr = directory / f"{name}.csr"
-    _openssl("req", "-new", "-key", key, "-subj", f"/CN={common_name}", "-out", csr)
-    _openssl(
-        "x509", "-req", "-in", csr, "-signkey", key, "-days", str(days), "-sha256",
-        "-set_serial", f"0x{secrets.token_hex(8)}", "-extfile", ext, "-out", cert,
-    )  # fmt: skip
-    return KeyPair(cert, key)
-
-
-def _issue(directory: Path, name: str, common_name: str, ca: KeyPair, extensions: str, days: int) -> KeyPair:
+def _sign(directory: Path, name: str, common_name: str, extensions: str, days: int, ca: KeyPair | None) -> KeyPair:
+    """A new key and its certificate, signed by ``ca`` (None: self-signed, a CA of its own)."""
     key = _key(directory / f"{name}.key")
     cert = directory / f"{name}.pem"
     ext = directory / f"{name}.ext"
     ext.write_text(extensions, encoding="ascii")
     csr = directory / f"{name}.csr"
     _openssl("req", "-new", "-key", key, "-subj", f"/CN={common_name}", "-out", csr)
+    signer = ("-signkey", key) if ca is None else ("-CA", ca.cert, "-CAkey", ca.key)
     _openssl(
-        "x509", "-req", "-in", csr, "-CA", ca.cert, "-CAkey", ca.key, "-days", str(days), "-sha256",
+        "x509", "-req", "-in", csr, *signer, "-days", str(days), "-sha256",
         "-set_serial", f"0x{secrets.token_hex(8)}", "-extfile", ext, "-out", cert,
     )  # fmt: skip
     return KeyPair(cert, key)
@@ -91,13 +79,13 @@ def _issue(directory: Path, name: str, common_name: str, ca: KeyPair, extensions
 
 def make_pki(directory: Path, days: int = 2) -> Pki:
     directory.mkdir(parents=True, exist_ok=True)
-    ca = _ca(directory, "ca", "plaza-ems test CA", days)
-    foreign = _ca(directory, "foreign-ca", "some other CA", days)
-    server = _issue(directory, "server", "127.0.0.1", ca, SERVER_EXT, days)
+    ca = _sign(directory, "ca", "plaza-ems test CA", CA_EXT, days, None)
+    foreign = _sign(directory, "foreign-ca", "some other CA", CA_EXT, days, None)
+    server = _sign(directory, "server", "127.0.0.1", SERVER_EXT, days, ca)
     clients = {
-        "AC1": _issue(directory, "ac1", "AC1", ca, CLIENT_EXT, days),
-        "DC1": _issue(directory, "dc1", "DC1", ca, CLIENT_EXT, days),
-        "AC1-foreign": _issue(directory, "ac1-foreign", "AC1", foreign, CLIENT_EXT, days),
+        "AC1": _sign(directory, "ac1", "AC1", CLIENT_EXT, days, ca),
+        "DC1": _sign(directory, "dc1", "DC1", CLIENT_EXT, days, ca),
+        "AC1-foreign": _sign(directory, "ac1-foreign", "AC1", CLIENT_EXT, days, foreign),
     }
     return Pki(ca, server, clients, foreign)
 
