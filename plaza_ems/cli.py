@@ -271,32 +271,19 @@ def build_parser() -> argparse.ArgumentParser:
     opcua.set_defaults(func=_bench_opcua)
     # The optimiser's commands take their own options: parsed by their module, which needs numpy,
     # so that a site controller without the optimizer extra still starts.
-    forecast = bench_sub.add_parser(
-        "forecast",
-        help="forecasters vs naive baselines on held-out real data (MAE); --help for its options",
-        add_help=False,
-    )
-    forecast.set_defaults(func=_optimizer_command("mpc.forecast_eval", "plaza-ems bench forecast"), passthrough=True)
-    mpc = bench_sub.add_parser(
-        "mpc",
-        help="build and re-solve the charge-plan QP (OSQP) and check it against HiGHS; --help for its options",
-        add_help=False,
-    )
-    mpc.set_defaults(func=_optimizer_command("mpc.bench", "plaza-ems bench mpc"), passthrough=True)
-
-    optimizer = sub.add_parser(
-        "optimizer",
-        help="the cloud optimiser service: snapshots in over MQTT v5 shared subscriptions, plans out; --help",
-        add_help=False,
-    )
-    optimizer.set_defaults(func=_optimizer_command("mpc.service", "plaza-ems optimizer"), passthrough=True)
-
-    evaluate = sub.add_parser(
-        "evaluate",
-        help="replay real ACN sessions: uncontrolled, fallback, MPC and the offline optimum; --help for its options",
-        add_help=False,
-    )
-    evaluate.set_defaults(func=_optimizer_command("mpc.evaluate", "plaza-ems evaluate"), passthrough=True)
+    passthrough = (
+        (bench_sub, "forecast", "mpc.forecast_eval", "plaza-ems bench forecast",
+         "forecasters vs naive baselines on held-out real data (MAE); --help for its options"),
+        (bench_sub, "mpc", "mpc.bench", "plaza-ems bench mpc",
+         "build and re-solve the charge-plan QP (OSQP) and check it against HiGHS; --help for its options"),
+        (sub, "optimizer", "mpc.service", "plaza-ems optimizer",
+         "the cloud optimiser service: snapshots in over MQTT v5 shared subscriptions, plans out; --help"),
+        (sub, "evaluate", "mpc.evaluate", "plaza-ems evaluate",
+         "replay real ACN sessions: uncontrolled, fallback, MPC and the offline optimum; --help for its options"),
+    )  # fmt: skip
+    for parent, name, module, prog, text in passthrough:
+        command = parent.add_parser(name, help=text, add_help=False)
+        command.set_defaults(func=_optimizer_command(module, prog), passthrough=True)
 
     demo = sub.add_parser(
         "demo",
