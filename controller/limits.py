@@ -158,11 +158,11 @@ def _remote_dso(site: Site, limits: list[NodeLimit], now: float, commands: tuple
 def _remote_capacity(site: Site, limits: list[NodeLimit], now: float, blocks: tuple[RemoteCapacityBlock, ...]) -> None:
     """Apply every capacity block whose [start_ts, end_ts) holds now, like a configured frame.
 
-    The allocator only checks the power of nodes that can have one (``Site.power_limited``: their
-    own limit or a configured frame). On any other node the block's power is also enforced as a
-    per-phase current of limit_w / (3 × voltage): three phases at that current cannot exceed it,
-    at the price of giving single-phase loads only a third of it. Non-finite numbers and unknown
-    nodes are ignored, as for DSO commands; a negative limit counts as 0 W.
+    The allocator only checks the power of the root and of the nodes that can have one
+    (``Site.power_checked``: their own limit or a configured frame). On any other node the block's
+    power is also enforced as a per-phase current of limit_w / (3 × voltage): three phases at that
+    current cannot exceed it, at the price of giving single-phase loads only a third of it.
+    Non-finite numbers and unknown nodes are ignored, as for DSO commands; a negative limit counts as 0 W.
     """
     for block in blocks:
         if not (math.isfinite(block.start_ts) and math.isfinite(block.end_ts) and math.isfinite(block.limit_w)):
@@ -175,7 +175,7 @@ def _remote_capacity(site: Site, limits: list[NodeLimit], now: float, blocks: tu
         own = limits[index]
         limit_w = max(0.0, block.limit_w)
         current_a = own.current_a
-        if index not in site.power_limited:
+        if index not in site.power_checked:
             current_a = min(current_a, limit_w / (3 * site.voltage_v))
         if limit_w < own.power_w or current_a < own.current_a:
             limits[index] = NodeLimit(current_a, min(own.power_w, limit_w), CAPACITY_COMMAND)

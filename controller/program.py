@@ -190,7 +190,9 @@ class ControlProgram:
         if interlocks.mode is not SiteMode.NORMAL:
             return self._safe_state(image, interlocks.mode, limits, dso_pct, interlocks.events)
 
-        uncontrolled, rem, fixed_connectors, overdraws = self._capacity(image, limits)
+        plan = image.targets
+        import_cap_w = plan.site_import_cap_w if plan is not None and plan.source == "plan" else None
+        uncontrolled, rem, fixed_connectors, overdraws = self._capacity(image, limits, import_cap_w)
         rem_before = list(rem)
         intents = self._intents(image, fixed_connectors, limits)
         demands = self._demands(intents, now)
@@ -240,10 +242,16 @@ class ControlProgram:
     # -- capacity ---------------------------------------------------------------------------------
 
     def _capacity(
-        self, image: ProcessImage, limits: tuple[NodeLimit, ...]
+        self, image: ProcessImage, limits: tuple[NodeLimit, ...], import_cap_w: float | None
     ) -> tuple[Uncontrolled, list[float], set[int], list[InterlockEvent]]:
         """Uncontrolled load, the capacity left per allocation key, the connectors that are silent, and
-        the overdraws that started or ended this cycle."""
+        the overdraws that started or ended this cycle.
+
+        ``import_cap_w`` (a plan's ``site_import_cap_w``) also bounds the root's power, measured like its
+        limits: the plan's peak holds when the building draws more than the plan forecast. It is intent,
+        not protection, so it is no limit (reported limits and stale-meter assumptions stay physical) and
+        it never leaves less than nothing (a cap below the uncontrolled load pauses charging, no more).
+        """
         site = self.site
         voltage_v = site.voltage_v
         tolerance_a = site.config.control.overdraw_tolerance_a
@@ -321,12 +329,10 @@ class ControlProgram:
         for meter_id, meter in image.meters.items():
             meters[meter_id] = (meter.current_a, meter.power_w) if meter.quality == _GOOD else None
         uncontrolled = estimate_uncontrolled(site, meters, measured, limits)
-        return (
-            uncontrolled_by_node(uncontrolled),
-            capacity(site, limits, uncontrolled, fixed),
-            fixed_connectors,
-            overdraws,
-        )
+        rem = capacity(site, limits, uncontrolled, fixed)
+        if import_cap_w is not None:
+            rem[POWER] = min(rem[POWER], max(0.0, import_cap_w - uncontrolled[POWER] - fixed[POWER]))
+        return uncontrolled_by_node(uncontrolled), rem, fixed_connectors, overdraws
 
     def _overdraw(
         self,

@@ -132,6 +132,9 @@ class Site:
     connector_index: dict[str, int]
     power_limited: frozenset[int] = frozenset()
     """Nodes that can have a power limit (their own, or a capacity frame)."""
+    power_checked: frozenset[int] = frozenset({0})
+    """Nodes whose power the allocator checks: ``power_limited`` and the root, where a plan's site import
+    cap (``Targets.site_import_cap_w``) and a commanded capacity block act as a power, not a current."""
     _constraints: dict[tuple[int, tuple[int, ...]], Constraints] = field(
         default_factory=dict, compare=False, repr=False
     )
@@ -144,7 +147,7 @@ class Site:
             pairs: list[tuple[int, float]] = []
             for n in self.connectors[connector].path:
                 pairs.extend((n * KEYS_PER_NODE + p, 1.0) for p in phases)
-                if n in self.power_limited:
+                if n in self.power_checked:
                     pairs.append((n * KEYS_PER_NODE + POWER, per_amp_w))
             cached = self._constraints[(connector, phases)] = Constraints(
                 pairs=tuple(pairs), keys=tuple(k for k, _ in pairs), weights=tuple(w for _, w in pairs)
@@ -269,6 +272,10 @@ def compile_site(config: SiteConfig) -> Site:
         )
         for u in config.priorities.users
     }
+    power_limited = frozenset(
+        [i for i, item in enumerate(walked) if item.node.power_limit_kw is not None]
+        + [node_index[f.node] for f in config.capacity_frames]
+    )
     return Site(
         id=config.site.id,
         config=config,
@@ -283,10 +290,8 @@ def compile_site(config: SiteConfig) -> Site:
         users=users,
         default_priority=config.priorities.default,
         capacity_frames=tuple(_frame(f, node_index) for f in config.capacity_frames),
-        power_limited=frozenset(
-            [i for i, item in enumerate(walked) if item.node.power_limit_kw is not None]
-            + [node_index[f.node] for f in config.capacity_frames]
-        ),
+        power_limited=power_limited,
+        power_checked=power_limited | {0},
         node_index=node_index,
         connector_index={c.id: c.index for c in connectors},
     )

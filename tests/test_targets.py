@@ -70,6 +70,30 @@ def test_full_power_everywhere_is_clamped_by_local_protection_and_reported() -> 
     assert set(p.last.clamped) == {"c1", "c2"}, "what protection cut is named; c3 got its target"
 
 
+def test_a_plans_import_cap_holds_the_import_against_the_measured_building_load() -> None:
+    # The connectors are three-phase: 1 A on each phase is 690 W. The building draws 10 A a phase
+    # (6.9 kW); the plan's cap leaves 24 A for charging, shared max-min fairly below the targets.
+    p = plaza()
+    cap_w = 6_900.0 + 24 * 690.0
+    p.snapshot.targets = Targets("plan", {"c1": 12.0, "c2": 12.0, "c3": 32.0}, site_import_cap_w=cap_w)
+    sp = p.cycle(meters={"m_grid": (10.0, 10.0, 10.0)})
+    assert sp == pytest.approx({"c1": 8.0, "c2": 8.0, "c3": 8.0})
+    assert p.last is not None
+    grid = p.last.limits[p.site.node_index["grid"]]
+    assert (grid.reason, grid.power_w) == ("fuse", math.inf), "the cap is the plan's intent, not a limit"
+    # The building rises 10 A a phase above what the plan expected: charging gives way, not the cap.
+    sp = p.cycle(meters={"m_grid": (20.0, 20.0, 20.0)})
+    assert sum(sp.values()) <= 14.0 + 1e-9
+    assert all(a == 0.0 or a >= 6.0 for a in sp.values()), sp
+    # A cap below the building alone pauses charging; it cannot ask the building to shed.
+    p.snapshot.targets = Targets("plan", {"c1": 12.0, "c2": 12.0, "c3": 32.0}, site_import_cap_w=5_000.0)
+    assert p.cycle(meters={"m_grid": (10.0, 10.0, 10.0)}) == {"c1": 0.0, "c2": 0.0, "c3": 0.0}
+    # Without a cap the same plan gets its targets, once the paused sessions' resume delay (60 s) is over.
+    p.snapshot.targets = Targets("plan", {"c1": 12.0, "c2": 12.0, "c3": 32.0})
+    sp = [p.cycle(dt=61.0 if i == 0 else None, meters={"m_grid": (10.0, 10.0, 10.0)}) for i in range(3)][-1]
+    assert sp == pytest.approx({"c1": 12.0, "c2": 12.0, "c3": 32.0})
+
+
 def test_no_plan_means_no_targets_and_nothing_is_clamped() -> None:
     p = plaza()
     sp = p.cycle()
