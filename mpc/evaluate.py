@@ -57,6 +57,7 @@ from mpc.model import (
 from mpc.problem import ChargePlanProblem, Penalties
 
 __all__ = [
+    "DEPARTURES",
     "STRATEGIES",
     "EvalError",
     "World",
@@ -68,6 +69,10 @@ __all__ = [
 ]
 
 STRATEGIES = ("uncontrolled", "fallback", "mpc", "offline")
+DEPARTURES = ("estimate", "known")
+"""What the site is told of each departure (``docs/evaluate.md``, *Departures*): the driver's
+``estimated_departure`` from the data, or the true departure at plug-in (ACN-Sim's convention, and a fleet
+whose manager sets the departure times)."""
 
 CONNECTORS = 54
 """Connector slots: the Caltech garage's 54 EVSEs (a month's data names 50-52 of them; the rest stay idle)."""
@@ -78,6 +83,10 @@ CONNECTOR_MAX_A = 32.0
 SMALL_EV_A = 16.0
 SMALL_EV_SHARE = 0.2
 """This share of the EVs (chosen by a hash of the session id) has a 16 A on-board charger; the rest 32 A."""
+CAP_SEEN_BELOW_A = 1.0
+"""The MPC takes an EV drawing more than this below its setpoint to be at its own maximum."""
+PROBE_A = SMALL_EV_A + 2.0 * CAP_SEEN_BELOW_A
+"""A new session's first target: far enough above the small on-board charger class that a 16 A EV shows itself."""
 CHARGER_LIMIT_A = 40.0
 """Twin charger feed (its two connectors are on different phases, so it never binds)."""
 BOARD_LIMIT_A = 100.0
@@ -121,6 +130,10 @@ PEAK_RESERVE_EUR_KW = 0.5
 PUBLISH_HOUR_LOCAL = 13
 """Day-ahead prices of the next day are known from this local hour (EPEX auction at 12:00 CET)."""
 LOAD_HISTORY_DAYS = 28
+LOAD_RECENT_DECAY = 0.8
+"""The MPC's building-load forecast carries the last step's error on, fading by this per step: the
+meter's 15-min errors persist (lag-1 correlation 0.74 over May 2019's first week), and the controller
+holds the plan's import cap against the real load (docs/evaluate.md)."""
 """Days of the load series before the window: history for the MPC's load forecaster."""
 SHORTFALL_EUR_KWH = Penalties().shortfall_eur_kwh
 """Undelivered deliverable energy in the objective, EUR/kWh (the MPC's own shortfall price, priority 1)."""
@@ -147,7 +160,8 @@ class EvalSession:
     depart_tick: int
     """First tick it is gone (departure rounded down); > arrive_tick."""
     estimate_s: float
-    """The driver's estimated departure (epoch s): all the MPC and the fallback know of it."""
+    """The departure the site is told (epoch s): all the MPC and the fallback know of it. The driver's
+    estimate, or with ``departures="known"`` the true departure (the first tick it is gone)."""
     requested_wh: float
     """The driver's request: what the EV takes before it stops (its need)."""
     max_a: float
@@ -178,6 +192,8 @@ class World:
     """Sessions of the LOAD_HISTORY_DAYS before the window that ended before it (negative ticks, slot -1):
     known history for the MPC's departure margin."""
     dropped_sessions: int
+    departures: str
+    """One of :data:`DEPARTURES`."""
     load_offset_days: int
     """Building load: plaza day d is load-series day d + this."""
 
@@ -212,11 +228,17 @@ def _shared_acn_file(data_dir: Path, day: date) -> Path:
     raise EvalError(f"no ACN file in {data_dir / 'acn_sessions'} covers {day.isoformat()}")
 
 
-def _history_session(s: Any, arrive: float, depart: float, start_s: float, tz: zoneinfo.ZoneInfo) -> EvalSession:
+def _history_session(
+    s: Any, arrive: float, depart: float, start_s: float, tz: zoneinfo.ZoneInfo, known: bool
+) -> EvalSession:
     """A session before the window, on the window's tick clock (negative ticks), as the MPC's history."""
     a_tick = math.ceil((arrive - start_s) / TICK_S)
     d_tick = max(a_tick + 1, math.floor((depart - start_s) / TICK_S))
     est = s.estimated_departure
+    if known:
+        estimate_s = start_s + d_tick * TICK_S
+    else:
+        estimate_s = est.replace(tzinfo=None).replace(tzinfo=tz).timestamp() if est is not None else depart
     max_a = _ev_max_a(s.session_id)
     requested = s.requested_energy_kwh * 1000.0
     return EvalSession(
@@ -224,20 +246,29 @@ def _history_session(s: Any, arrive: float, depart: float, start_s: float, tz: z
         slot=-1,
         arrive_tick=a_tick,
         depart_tick=d_tick,
-        estimate_s=est.replace(tzinfo=None).replace(tzinfo=tz).timestamp() if est is not None else depart,
+        estimate_s=estimate_s,
         requested_wh=requested,
         max_a=max_a,
         deliverable_wh=min(requested, max_a * VOLTAGE_V * (d_tick - a_tick) * TICK_S / 3600.0),
     )
 
 
-def build_world(start_day: date, days: int, data_dir: Path | None = None, n_slots: int = CONNECTORS) -> World:
+def build_world(
+    start_day: date,
+    days: int,
+    data_dir: Path | None = None,
+    n_slots: int = CONNECTORS,
+    departures: str = "estimate",
+) -> World:
     """Read the data and map them onto the plaza (``docs/evaluate.md``, *Data mapping*)."""
     from hil.data import load_acn_sessions, load_prices
     from mpc.forecast_eval import load_site_load_with_weather
 
     if days < 1:
         raise EvalError(f"--days must be >= 1, got {days}")
+    if departures not in DEPARTURES:
+        raise EvalError(f"--departures must be one of {', '.join(DEPARTURES)}, got {departures!r}")
+    known = departures == "known"
     tz = zoneinfo.ZoneInfo(TZ)
     start = datetime.combine(start_day, datetime.min.time(), tzinfo=tz).astimezone(UTC)
     if data_dir is None:
@@ -271,7 +302,7 @@ def build_world(start_day: date, days: int, data_dir: Path | None = None, n_slot
         arrive = s.arrival.replace(tzinfo=None).replace(tzinfo=tz).timestamp()
         depart = s.departure.replace(tzinfo=None).replace(tzinfo=tz).timestamp()
         if depart <= start_s and arrive >= start_s - LOAD_HISTORY_DAYS * 86400.0 and s.requested_energy_kwh > 0.0:
-            history.append(_history_session(s, arrive, depart, start_s, tz))
+            history.append(_history_session(s, arrive, depart, start_s, tz, known))
         if depart <= start_s or arrive >= start_s + n_ticks * TICK_S:
             continue
         slot = slot_of.get(s.station_id)
@@ -283,6 +314,8 @@ def build_world(start_day: date, days: int, data_dir: Path | None = None, n_slot
         busy_until[slot] = d_tick
         est = s.estimated_departure
         estimate = est.replace(tzinfo=None).replace(tzinfo=tz).timestamp() if est is not None else depart
+        if known:
+            estimate = start_s + d_tick * TICK_S
         max_a = _ev_max_a(s.session_id)
         requested = s.requested_energy_kwh * 1000.0
         deliverable = min(requested, max_a * VOLTAGE_V * (d_tick - a_tick) * TICK_S / 3600.0)
@@ -345,6 +378,7 @@ def build_world(start_day: date, days: int, data_dir: Path | None = None, n_slot
         history_w=load_v[hist] * scale_w,
         price_eur_mwh=p_v[pi].astype(np.float64),
         dropped_sessions=dropped,
+        departures=departures,
         load_offset_days=offset_days,
     )
 
@@ -621,7 +655,7 @@ class _Mpc:
             if solver == "osqp"
             else None
         )
-        self.forecaster = ProfileLoadForecaster(step_s=STEP_S, tz=TZ)
+        self.forecaster = ProfileLoadForecaster(step_s=STEP_S, tz=TZ, recent_decay=LOAD_RECENT_DECAY)
         self.history = _History(world.history_t_s, world.history_w)
         self.slot_of_planning = np.array([world.slot_ids.index(c.id) for c in planning.connectors])
         self.observed_cap_a: dict[int, float] = {}
@@ -634,7 +668,7 @@ class _Mpc:
         """Telemetry: an EV drawing clearly less than its setpoint shows its own maximum."""
         for slot in np.flatnonzero((physics.session_at >= 0) & (physics.current_a > 0.0)):
             j = int(physics.session_at[slot])
-            if setpoints_a[slot] - physics.current_a[slot] > 1.0 and physics.remaining_wh[slot] > 0.0:
+            if setpoints_a[slot] - physics.current_a[slot] > CAP_SEEN_BELOW_A and physics.remaining_wh[slot] > 0.0:
                 self.observed_cap_a[j] = max(self.observed_cap_a.get(j, 0.0), float(physics.current_a[slot]))
 
     def _prices(self, step: int, t: float) -> FloatArray:
@@ -648,8 +682,9 @@ class _Mpc:
         idx = np.where(late, idx - STEPS_PER_DAY * ((idx - known) // STEPS_PER_DAY + 1), idx)
         return self.prices[idx]
 
-    def plan(self, k: int, physics: _Physics, peak_reached_w: float) -> tuple[dict[str, float], float]:
-        """Plan from tick ``k`` (15-min plan steps from there); the first step's targets and the solve time."""
+    def plan(self, k: int, physics: _Physics, peak_reached_w: float) -> tuple[Targets, float]:
+        """Plan from tick ``k`` (15-min plan steps from there): the first step's targets with the plan's import
+        cap, and the solve time."""
         w = self.world
         step = k // TICKS_PER_STEP
         t = w.start_s + k * TICK_S
@@ -697,11 +732,17 @@ class _Mpc:
         )
         started = time.perf_counter()
         if self.problem is not None:
-            current_a = self.problem.solve(inputs).current_a[:, 0]
+            solution = self.problem.solve(inputs)
+            current_a = solution.current_a[:, 0]
+            import_w = solution.grid_import_w
         else:
             # Every connector is single-phase: its current is its power over the phase voltage.
-            current_a = lp_reference(planning, inputs, (1,) * HORIZON_STEPS).power_kw[:, 0] * 1000.0 / VOLTAGE_V
+            power_kw = lp_reference(planning, inputs, (1,) * HORIZON_STEPS).power_kw
+            current_a = power_kw[:, 0] * 1000.0 / VOLTAGE_V
+            import_w = power_kw.sum(axis=0) * 1000.0 + load
         elapsed = time.perf_counter() - started
+        # The peak the plan plans around, as the optimiser service publishes it (mpc.snapshot).
+        cap_w = max(peak_reached_w, float(np.max(import_w)))
         targets: dict[str, float] = {}
         for i, slot in enumerate(self.slot_of_planning):
             target_a = _plan_target_a(float(current_a[i]))
@@ -710,9 +751,9 @@ class _Mpc:
                 # A new session's first target lies just above the small on-board charger class: whether
                 # it draws that shows which EV it is (planned at 32 A until then).
                 self.probed.add(j)
-                target_a = max(target_a, SMALL_EV_A + 1.0)
+                target_a = max(target_a, PROBE_A)
             targets[planning.connectors[i].id] = target_a
-        return targets, elapsed
+        return Targets(source="plan", connectors=targets, site_import_cap_w=cap_w, reference=f"tick-{k}"), elapsed
 
 
 class _DepartureModel:
@@ -758,6 +799,8 @@ class _DepartureModel:
     def outlook(self, s: EvalSession, t: float) -> tuple[float, FloatArray]:
         """The end of the planning window (epoch s) and, per plan step from ``t``, the probability that the EV
         has left by the middle of the step."""
+        if self.world.departures == "known":
+            return s.estimate_s, (t + self.mid_s >= s.estimate_s).astype(np.float64)
         errors = self.errors.get(self._stay_class(s, self.world.start_s), self.all_errors)
         later = errors[errors > t - s.estimate_s]
         if len(later) < 5:
@@ -793,9 +836,8 @@ def _run_mpc(world: World, site: Site, connection_a: float, solver: str) -> _Rec
             planned = plugged
             peak_w = float(rec.step_import_w[:step].max()) if step else 0.0
             try:
-                plan, elapsed = mpc.plan(k, ctl.physics, peak_w)
+                targets, elapsed = mpc.plan(k, ctl.physics, peak_w)
                 rec.solve_s.append(elapsed)
-                targets = Targets(source="plan", connectors=plan, reference=f"tick-{k}")
             except (MpcError, ValueError):
                 rec.solve_failures += 1
                 targets = None  # no usable plan: the site runs its fallback schedule
@@ -1085,6 +1127,7 @@ def evaluate(
         "connection_limit_kw": round(connection_a * 3 * VOLTAGE_V / 1000.0, 1),
         "peak_tariff_eur_kw": PEAK_TARIFF_EUR_KW,
         "mpc_solver": mpc_solver,
+        "departures": world.departures,
         "strategies": results,
     }
     if "mpc" in results and "offline" in results:
@@ -1102,7 +1145,7 @@ def evaluate(
 def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"plaza-ems evaluate: {result['days']} days from {result['start']}, {result['connectors']} connectors, "
-        f"{result['sessions']} sessions ({result['sessions_dropped']} dropped)",
+        f"{result['sessions']} sessions ({result['sessions_dropped']} dropped), departures: {result['departures']}",
         f"connection {result['connection_limit_a']} A/phase ({result['connection_limit_kw']} kW) = "
         f"{result['connection_share']} x uncontrolled peak {result['uncontrolled_peak_a']} A; "
         f"building peak {result['building_peak_kw']} kW, building alone {result['building_cost_eur']} EUR",
@@ -1151,6 +1194,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="solver of each MPC re-solve: the optimiser's OSQP QP, or HiGHS on the linear problem "
         "(mpc.bench.lp_reference) for comparison",
     )
+    parser.add_argument(
+        "--departures",
+        choices=DEPARTURES,
+        default="known",
+        help="what the site is told of each departure: the driver's estimate from the data, or the true "
+        "departure at plug-in (ACN-Sim's convention; a fleet with set departure times)",
+    )
     parser.add_argument("--connectors", type=int, default=CONNECTORS, help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -1177,7 +1227,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: evaluate: no data folder {data_dir}", file=sys.stderr)
         return 3
     try:
-        world = build_world(start_day, args.days, data_dir, n_slots=args.connectors)
+        world = build_world(start_day, args.days, data_dir, n_slots=args.connectors, departures=args.departures)
         result = evaluate(
             world, connection_share=args.connection_share, strategies=strategies, mpc_solver=args.mpc_solver
         )

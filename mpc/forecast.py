@@ -326,6 +326,12 @@ class LoadModel:
     profile: FloatArray
     level_offset: float
     floor: float | None
+    recent_offset: float = 0.0
+    """The last history step's residual against profile + level (0 when it is missing)."""
+    recent_t_s: float = 0.0
+    """Start of that step."""
+    recent_decay: float = 0.0
+    """Share of ``recent_offset`` carried one step further; it fades as ``recent_decay ** steps``."""
 
     def predict(self, start_s: float | None = None, n_steps: int = 96) -> FloatArray:
         """Forecast for the steps ``start_s + k * step_s`` (default start: the issue time)."""
@@ -334,6 +340,9 @@ class LoadModel:
         times = _step_times(start, self.step_s, n_steps)
         slot, weekday, day = local_calendar(times, self.tz, self.step_s)
         out = self.profile[day_types(weekday, day, self.holidays), slot] + self.level_offset
+        if self.recent_offset and self.recent_decay > 0.0:
+            lag = np.maximum(1.0, np.round((times - self.recent_t_s) / self.step_s))
+            out = out + self.recent_offset * self.recent_decay**lag
         return np.maximum(out, self.floor) if self.floor is not None else out
 
 
@@ -344,8 +353,10 @@ class ProfileLoadForecaster:
     The profile is the exponentially weighted mean (half-life ``profile_halflife_days``) of the
     history per (Monday-Friday / Saturday / Sunday-or-holiday, local slot of day). The level offset
     is the exponentially weighted (half-life ``level_halflife_days``) mean residual of the history
-    against that profile, of which ``level_gain`` is added to every step. Forecasts are clipped at
-    ``floor`` (0: a building load is not negative; None: no clipping).
+    against that profile, of which ``level_gain`` is added to every step. With ``recent_decay`` > 0 the
+    last step's own residual is added too, fading by that factor per step (an intraday correction:
+    15-min residuals of a building persist for an hour or so). Forecasts are clipped at ``floor`` (0: a
+    building load is not negative; None: no clipping).
     """
 
     step_s: int = 900
@@ -356,6 +367,7 @@ class ProfileLoadForecaster:
     level_gain: float = 1.0
     holidays: frozenset[date] = field(default_factory=frozenset)
     floor: float | None = 0.0
+    recent_decay: float = 0.0
 
     def fit(self, history: SeriesLike, origin_s: float) -> LoadModel:
         """Fit on the samples of ``history`` strictly before ``origin_s`` (at most ``history_days`` back)."""
@@ -372,7 +384,22 @@ class ProfileLoadForecaster:
         wl = np.where(ok, _weights(ages, self.level_halflife_days), 0.0)
         resid = np.where(ok, y - prof[types, slot], 0.0)
         level = float(np.sum(wl * resid) / np.sum(wl)) if float(np.sum(wl)) > 0 else 0.0
-        return LoadModel(origin_s, self.step_s, zone, self.holidays, prof, self.level_gain * level, self.floor)
+        if not 0.0 <= self.recent_decay < 1.0:
+            raise ValueError(f"recent_decay must be in [0, 1), got {self.recent_decay}")
+        offset = self.level_gain * level
+        recent = float(resid[-1] - offset) if ok[-1] else 0.0
+        return LoadModel(
+            origin_s,
+            self.step_s,
+            zone,
+            self.holidays,
+            prof,
+            offset,
+            self.floor,
+            recent,
+            float(grid_t[-1]),
+            self.recent_decay,
+        )
 
 
 # --------------------------------------------------------------------------------------------------

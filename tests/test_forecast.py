@@ -111,6 +111,20 @@ def test_load_forecast_shape_finite_non_negative(site_load: TimeSeries) -> None:
     assert np.all(np.isfinite(p))
 
 
+def test_recent_decay_carries_the_last_steps_error_on_and_fades_it(site_load: TimeSeries) -> None:
+    origin = _local_midnight(2021, 1, 12) + 10 * 3600  # 10:00 local, on the 15-min grid
+    plain = ProfileLoadForecaster().fit(site_load, origin)
+    corrected = ProfileLoadForecaster(recent_decay=0.8).fit(site_load, origin)
+    # The error the corrected model carries is the last completed step's (09:45) against the plain model.
+    i = site_load.t_s.index(origin - 900.0)
+    last_error = site_load.values[i] - float(plain.predict(origin - 900.0, 1)[0])
+    assert abs(last_error) > 0.01, "a real meter is never exactly on its profile"
+    delta = corrected.predict(None, 8) - plain.predict(None, 8)
+    np.testing.assert_allclose(delta, last_error * 0.8 ** np.arange(1, 9), rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="recent_decay"):
+        ProfileLoadForecaster(recent_decay=1.0).fit(site_load, origin)
+
+
 def test_load_fit_ignores_data_after_issue_time(site_load: TimeSeries) -> None:
     origin = _local_midnight(2021, 1, 12) + 6 * 3600  # 06:00 local
     poisoned = _poisoned(site_load, origin, 1e6)
