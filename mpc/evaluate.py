@@ -130,11 +130,11 @@ PEAK_RESERVE_EUR_KW = 0.5
 PUBLISH_HOUR_LOCAL = 13
 """Day-ahead prices of the next day are known from this local hour (EPEX auction at 12:00 CET)."""
 LOAD_HISTORY_DAYS = 28
+"""Days of the load series before the window: history for the MPC's load forecaster."""
 LOAD_RECENT_DECAY = 0.8
 """The MPC's building-load forecast carries the last step's error on, fading by this per step: the
 meter's 15-min errors persist (lag-1 correlation 0.74 over May 2019's first week), and the controller
 holds the plan's import cap against the real load (docs/evaluate.md)."""
-"""Days of the load series before the window: history for the MPC's load forecaster."""
 SHORTFALL_EUR_KWH = Penalties().shortfall_eur_kwh
 """Undelivered deliverable energy in the objective, EUR/kWh (the MPC's own shortfall price, priority 1)."""
 TZ = "Europe/Amsterdam"
@@ -228,17 +228,21 @@ def _shared_acn_file(data_dir: Path, day: date) -> Path:
     raise EvalError(f"no ACN file in {data_dir / 'acn_sessions'} covers {day.isoformat()}")
 
 
+def _told_departure_s(s: Any, depart: float, d_tick: int, start_s: float, tz: zoneinfo.ZoneInfo, known: bool) -> float:
+    """The departure the site is told: the true one (the first tick gone) or the driver's estimate."""
+    if known:
+        return start_s + d_tick * TICK_S
+    est = s.estimated_departure
+    return est.replace(tzinfo=None).replace(tzinfo=tz).timestamp() if est is not None else depart
+
+
 def _history_session(
     s: Any, arrive: float, depart: float, start_s: float, tz: zoneinfo.ZoneInfo, known: bool
 ) -> EvalSession:
     """A session before the window, on the window's tick clock (negative ticks), as the MPC's history."""
     a_tick = math.ceil((arrive - start_s) / TICK_S)
     d_tick = max(a_tick + 1, math.floor((depart - start_s) / TICK_S))
-    est = s.estimated_departure
-    if known:
-        estimate_s = start_s + d_tick * TICK_S
-    else:
-        estimate_s = est.replace(tzinfo=None).replace(tzinfo=tz).timestamp() if est is not None else depart
+    estimate_s = _told_departure_s(s, depart, d_tick, start_s, tz, known)
     max_a = _ev_max_a(s.session_id)
     requested = s.requested_energy_kwh * 1000.0
     return EvalSession(
@@ -312,10 +316,7 @@ def build_world(
             dropped += 1  # unknown station, under a minute, under way at the start, or overlapping
             continue
         busy_until[slot] = d_tick
-        est = s.estimated_departure
-        estimate = est.replace(tzinfo=None).replace(tzinfo=tz).timestamp() if est is not None else depart
-        if known:
-            estimate = start_s + d_tick * TICK_S
+        estimate = _told_departure_s(s, depart, d_tick, start_s, tz, known)
         max_a = _ev_max_a(s.session_id)
         requested = s.requested_energy_kwh * 1000.0
         deliverable = min(requested, max_a * VOLTAGE_V * (d_tick - a_tick) * TICK_S / 3600.0)
