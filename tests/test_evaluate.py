@@ -47,7 +47,7 @@ def test_offline_optimum_is_a_lower_bound_of_what_the_mpc_achieves(result: dict[
 def test_mpc_beats_fallback_and_uncontrolled_on_the_objective(result: dict[str, Any]) -> None:
     runs = result["strategies"]
     # On these two days (drivers' estimates) the MPC holds its import cap and delivers about what the
-    # fallback does, at a lower bill and peak (2026-12-02: 93.7 against 94.0 %, 391 against 429 EUR, 57.1
+    # fallback does, at a lower bill and peak (2026-12-02: 93.4 against 94.0 %, 389 against 429 EUR, 56.5
     # against 70.0 kW); the objective, which prices every missed kWh, says the trade is worth it.
     assert runs["mpc"]["energy_delivered_kwh"] >= 0.95 * runs["offline"]["energy_delivered_kwh"]
     for other in ("fallback", "uncontrolled"):
@@ -55,8 +55,10 @@ def test_mpc_beats_fallback_and_uncontrolled_on_the_objective(result: dict[str, 
         assert runs["mpc"]["cost_eur"] < runs[other]["cost_eur"], other
         assert runs["mpc"]["peak_kw"] < runs[other]["peak_kw"], other
     assert runs["mpc"]["solves"] >= 2 * ev.STEPS_PER_DAY
-    # A re-solve OSQP does not finish leaves the site on its fallback for that step; they stay rare.
-    assert runs["mpc"]["solve_failures"] <= runs["mpc"]["solves"] // 20
+    # A re-solve OSQP does not finish would leave the site on its fallback for that step. These two days
+    # had 8 (max_iter) before the peak's unit went to 10 % of the connection and a stalled solve got a
+    # second, plain attempt.
+    assert runs["mpc"]["solve_failures"] == 0
 
 
 def test_energy_accounting_is_consistent(world: ev.World, result: dict[str, Any]) -> None:

@@ -523,11 +523,26 @@ def test_move_blocking_plans_coarse_later_and_expands_to_the_input_grid() -> Non
         plan.uniform(600.0)
 
 
-def test_a_solve_that_does_not_converge_raises() -> None:
+def test_a_solve_that_does_not_converge_in_either_attempt_raises() -> None:
     site = synthetic_site(8)
     problem = ChargePlanProblem(site, horizon_h=6, settings=OsqpSettings(max_iter=10))
-    with pytest.raises(MpcError, match="OSQP did not solve"):
+    with pytest.raises(MpcError, match=r"OSQP did not solve .* after 20 iterations"):
         problem.solve(synthetic_inputs(site, START, 0, horizon_h=6))
+
+
+def test_a_solve_that_hits_max_iter_is_tried_once_more_plain_and_cold() -> None:
+    site = synthetic_site(12)
+    inputs = synthetic_inputs(site, START, 0, horizon_h=6)
+    # This instance takes 500 iterations with the configured alpha (1.6) and 400 with the retry's plain
+    # ADMM: with 450 allowed the first attempt stops and the second solves it.
+    problem = ChargePlanProblem(site, horizon_h=6, settings=OsqpSettings(max_iter=450))
+    plan = problem.solve(inputs, warm=False)
+    assert plan.status == "solved"
+    assert 450 < plan.iterations <= 2 * 450
+    unhurried = ChargePlanProblem(site, horizon_h=6).solve(inputs, warm=False)
+    assert plan.objective_eur == pytest.approx(unhurried.objective_eur, rel=1e-3)
+    # The retry's settings do not stay behind: the same cold solve again takes both attempts again.
+    assert problem.solve(inputs, warm=False).iterations == plan.iterations
 
 
 @pytest.mark.parametrize(
@@ -709,4 +724,6 @@ def test_tight_connection_with_a_peak_tariff_converges_close_to_the_lp(evs: bool
         ref = bench.lp_reference(site, inputs, problem.blocks)
         replay = bench.replay_objective(site, inputs, problem.blocks, plan)
         assert replay["objective_eur"] == pytest.approx(ref.objective_eur, rel=5e-3)
-        assert replay["max_excess_a"] < 0.05
+        # The solver's tolerance on the root's phase flow: 0.003-0.06 A over its 115 A for peak units of
+        # 5-10 % of the connection (docs/mpc.md); a modelling error would be amperes.
+        assert replay["max_excess_a"] < 0.1
