@@ -68,7 +68,7 @@ class Penalties:
 
 MAX_PRIORITY = 10.0
 PEAK_UNIT = 0.07
-"""Solver unit of the new-peak variable, as a share of the connection's power (see _column_scales)."""
+"""Solver unit of the new-peak and reserve variables, as a share of the connection's power (see _column_scales)."""
 TIGHT_ROW_WEIGHT = 3.0
 """Weight of the rows holding the grid import (peak epigraph, connection balance): a 3x finer tolerance."""
 SHORTFALL_UNIT_H = 0.1
@@ -142,7 +142,8 @@ _SOLVED_INACCURATE = "solved inaccurate"
 _MAX_ITER = "maximum iterations reached"
 
 RETRY_ALPHA = 1.0
-"""Over-relaxation of the second attempt after ``max_iter``: plain ADMM, slower but steadier (docs/mpc.md)."""
+"""Over-relaxation of the last attempt after ``max_iter``, cold: plain ADMM is slower but steadier
+(docs/mpc.md)."""
 
 
 class ChargePlanProblem:
@@ -596,14 +597,20 @@ class ChargePlanProblem:
             # few minutes off is still far closer than zero (cold solves of a tight plaza took 3-10x
             # the iterations).
             shift = round(moved) if 0 <= round(moved) < self.n_steps else -1
-        result = engine.solve(data, warm=warm and shift >= 0, shift=max(shift, 0))
+        started_warm = warm and self._last_start is not None and shift >= 0
+        result = engine.solve(data, warm=started_warm, shift=max(shift, 0))
         iterations, solver_s = int(result.info.iter), float(result.info.run_time)
-        if str(result.info.status) == _MAX_ITER or (
-            str(result.info.status) == _SOLVED_INACCURATE and not self.accept_inaccurate
-        ):
-            # ADMM with over-relaxation sometimes circles a degenerate optimum (a new peak held by a
-            # few rows) without meeting the tolerance; a plain, cold second run mostly lands it.
-            result = engine.solve_again(data)
+        # A solve that stalls gets more attempts from zero at the starting rho. After a warm start, first
+        # the same ADMM (the warm point, or the rho adapted on earlier plans, can lead it astray); then
+        # plain ADMM, slower, but it does not circle a degenerate optimum (a new peak held by a few rows)
+        # as over-relaxed ADMM sometimes does.
+        for alpha in ((engine.settings.alpha,) if started_warm else ()) + (RETRY_ALPHA,):
+            if not (
+                str(result.info.status) == _MAX_ITER
+                or (str(result.info.status) == _SOLVED_INACCURATE and not self.accept_inaccurate)
+            ):
+                break
+            result = engine.solve_again(data, alpha)
             iterations += int(result.info.iter)
             solver_s += float(result.info.run_time)
         status = str(result.info.status)
@@ -997,10 +1004,10 @@ class _Osqp:
         q[col : col + var.size] += cost_per_entry
         return {**data, "q": q}
 
-    def solve_again(self, data: dict[str, Any]) -> Any:
-        """A second attempt at the same data: from zero and the starting rho, with ``RETRY_ALPHA``; the
+    def solve_again(self, data: dict[str, Any], alpha: float) -> Any:
+        """Another attempt at the same data: from zero and the starting rho, with this ``alpha``; the
         configured alpha is restored afterwards."""
-        self.solver.update_settings(alpha=RETRY_ALPHA)
+        self.solver.update_settings(alpha=alpha)
         self.solver.update_settings(rho=self.settings.rho)
         try:
             return self.solve(data, warm=False, shift=0)

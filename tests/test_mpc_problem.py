@@ -545,6 +545,18 @@ def test_a_solve_that_hits_max_iter_is_tried_once_more_plain_and_cold() -> None:
     assert problem.solve(inputs, warm=False).iterations == plan.iterations
 
 
+def test_a_stalled_warm_solve_is_tried_from_zero_then_with_plain_admm() -> None:
+    site = synthetic_site(16)
+    problem = ChargePlanProblem(site, horizon_h=6, settings=OsqpSettings(max_iter=300))
+    # The first solve has nothing to start from: cold, then plain ADMM (2 x 300 iterations).
+    with pytest.raises(MpcError, match=r"after 600 iterations"):
+        problem.solve(synthetic_inputs(site, START, 0, horizon_h=6))
+    assert problem.solve(synthetic_inputs(site, START, 1, horizon_h=6)).status == "solved"
+    # Warm from that plan it stalls: warm, cold at the configured alpha, cold plain (3 x 300).
+    with pytest.raises(MpcError, match=r"after 900 iterations"):
+        problem.solve(synthetic_inputs(site, START, 2, horizon_h=6))
+
+
 @pytest.mark.parametrize(
     ("field", "bad", "message"),
     [
