@@ -605,10 +605,7 @@ class ChargePlanProblem:
         # plain ADMM, slower, but it does not circle a degenerate optimum (a new peak held by a few rows)
         # as over-relaxed ADMM sometimes does.
         for alpha in ((engine.settings.alpha,) if started_warm else ()) + (RETRY_ALPHA,):
-            if not (
-                str(result.info.status) == _MAX_ITER
-                or (str(result.info.status) == _SOLVED_INACCURATE and not self.accept_inaccurate)
-            ):
+            if not self._stalled(str(result.info.status)):
                 break
             result = engine.solve_again(data, alpha)
             iterations += int(result.info.iter)
@@ -627,6 +624,10 @@ class ChargePlanProblem:
         for var, value in engine.split(result.x):
             var.value = value
         return self._solution(inputs, derived, status, time.perf_counter() - t0, solver_s, iterations)
+
+    def _stalled(self, status: str) -> bool:
+        """OSQP stopped short of a plan this problem accepts, but another attempt may get there."""
+        return status == _MAX_ITER or (status == _SOLVED_INACCURATE and not self.accept_inaccurate)
 
     def _solution(
         self, inputs: PlanInputs, derived: _Derived, status: str, elapsed: float, solver_s: float, iterations: int
@@ -1007,8 +1008,7 @@ class _Osqp:
     def solve_again(self, data: dict[str, Any], alpha: float) -> Any:
         """Another attempt at the same data: from zero and the starting rho, with this ``alpha``; the
         configured alpha is restored afterwards."""
-        self.solver.update_settings(alpha=alpha)
-        self.solver.update_settings(rho=self.settings.rho)
+        self.solver.update_settings(alpha=alpha, rho=self.settings.rho)
         try:
             return self.solve(data, warm=False, shift=0)
         finally:

@@ -56,8 +56,8 @@ def test_mpc_beats_fallback_and_uncontrolled_on_the_objective(result: dict[str, 
         assert runs["mpc"]["peak_kw"] < runs[other]["peak_kw"], other
     assert runs["mpc"]["solves"] >= 2 * ev.STEPS_PER_DAY
     # A re-solve OSQP does not finish would leave the site on its fallback for that step. These two days
-    # had 8 (max_iter) before the peak's unit went to 10 % of the connection and a stalled solve got a
-    # second, plain attempt.
+    # had 8 (max_iter) before the peak's unit went to 7 % of the connection and a stalled solve got
+    # further attempts from zero (docs/mpc.md).
     assert runs["mpc"]["solve_failures"] == 0
 
 
